@@ -1,0 +1,268 @@
+"""Stage 3, IR → Analysis: the type of every signal, the tensor-product paths, and the costs.
+
+Works on types alone (no tensors), like e3nn-jax's shape-only evaluation: for each layer it
+computes the incoming and outgoing ``SignalType`` (PAPER.md §3.1: channels C, and per degree l
+the columns — fragments — it occupies), the CG paths (l1, l2, l) with their column pairs, and
+parameter / multiply-add / activation-memory counts. ``sphc explain`` prints this, the planner
+turns it into constructor arguments, and the runtime's parameter count is tested against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import singledispatch
+
+from . import ir
+from .layout import Cols, cg_pattern_size, pair_columns, prefix_cols, so3_cols
+from .mixing import mixing_set
+
+
+@dataclass(frozen=True)
+class SignalType:
+    """A signal between layers. Harmonic: C channels × per-degree columns ``cols``; or features."""
+
+    domain: ir.Domain
+    L: int = 0
+    C: int = 0
+    cols: Cols = ()
+    width: int = 1  # T, the padded number of columns in the runtime tensor
+    N: int = 0  # azimuthal bandlimit (SO(3) signals only)
+    features: int = 0  # real features (after the readout)
+
+    @property
+    def tau(self) -> tuple[int, ...]:
+        """The paper's type τ: fragments per degree (per channel)."""
+        return tuple(len(c) for c in self.cols)
+
+    def summary(self) -> str:
+        if self.domain is ir.Domain.FEATURES:
+            return f"{self.features} real"
+        if self.domain is ir.Domain.S2:
+            return f"{self.C}×S² (τ=1)"
+        if self.domain is ir.Domain.SO3:
+            return f"{self.C}×SO(3) N={self.N} (τ≤{self.width})"
+        t = self.tau
+        return f"{self.C}×τ[{min(t)}..{max(t)}] Στ={sum(t)}"
+
+    def harmonic_elements(self) -> int:
+        """Complex numbers the runtime stores per example (padded layout, PAPER.md §5.5 style)."""
+        return self.C * self.L * (2 * self.L - 1) * self.width
+
+
+def s2_type(L: int, C: int) -> SignalType:
+    return SignalType(ir.Domain.S2, L, C, prefix_cols((1,) * L), 1)
+
+
+def so3_type(L: int, C: int, N: int) -> SignalType:
+    return SignalType(ir.Domain.SO3, L, C, so3_cols(L, N), 2 * N - 1, N=N)
+
+
+def generalized_type(C: int, taus: tuple[int, ...]) -> SignalType:
+    return SignalType(ir.Domain.GENERALIZED, len(taus), C, prefix_cols(taus), max(1, *taus))
+
+
+@dataclass(frozen=True)
+class Path:
+    """One CG path: input degrees (l1 <= l2) to output degree l, and the column pairs it multiplies."""
+
+    l1: int
+    l2: int
+    l: int
+    pairs: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """Everything known about one layer before any tensor exists."""
+
+    index: int
+    layer: ir.Layer
+    t_in: SignalType
+    t_out: SignalType
+    params: int  # real scalars (complex weights count twice), exactly what torch reports
+    macs: int  # complex multiply-adds per example (real ones for Dense)
+    paths: tuple[Path, ...] = ()
+    cg_entries: int = 0  # CG coefficients with m = m1 + m2 that the layer reads
+
+    @property
+    def out_bytes(self) -> int:
+        """Activation memory per example at float32 (complex64 = 8 bytes) in the padded layout."""
+        t = self.t_out
+        return 4 * t.features if t.domain is ir.Domain.FEATURES else 8 * t.harmonic_elements()
+
+
+@dataclass(frozen=True)
+class Analysis:
+    model: ir.Model
+    input_type: SignalType
+    layers: tuple[LayerInfo, ...]
+
+    @property
+    def params(self) -> int:
+        return sum(x.params for x in self.layers)
+
+
+def _rows(L: int) -> int:
+    return L * L  # Σ_l (2l+1): harmonic coefficients per fragment column
+
+
+def _truncate(t: SignalType, L: int) -> SignalType:
+    return SignalType(t.domain, L, t.C, t.cols[:L], t.width, t.N)
+
+
+@singledispatch
+def analyze_layer(layer, t: SignalType) -> tuple[SignalType, int, int, tuple[Path, ...], int]:
+    """(output type, params, MACs, paths, CG entries) of one layer."""
+    raise NotImplementedError(type(layer).__name__)
+
+
+@analyze_layer.register
+def _(layer: ir.S2Conv, t: SignalType):
+    out = so3_type(layer.L, layer.C, layer.N)
+    per = sum(out.tau)
+    macs = t.C * layer.C * sum((2 * l + 1) * k for l, k in enumerate(out.tau))
+    return out, 2 * t.C * layer.C * per, macs, (), 0
+
+
+@analyze_layer.register
+def _(layer: ir.SO3Conv, t: SignalType):
+    out = so3_type(layer.L, layer.C, layer.N)
+    per = sum(a * b for a, b in zip(t.tau, out.tau))
+    macs = t.C * layer.C * sum((2 * l + 1) * a * b for l, (a, b) in enumerate(zip(t.tau, out.tau)))
+    return out, 2 * t.C * layer.C * per, macs, (), 0
+
+
+@analyze_layer.register
+def _(layer: ir.ZonalConv, t: SignalType):
+    return s2_type(layer.L, layer.C), t.C * layer.C * layer.L, t.C * layer.C * _rows(layer.L), (), 0
+
+
+@analyze_layer.register
+def _(layer: ir.ReLU, t: SignalType):
+    return t, 0, 0, (), 0  # costs of the sampled layers arrive with their transforms
+
+
+@analyze_layer.register
+def _(layer: ir.TensorProduct, t: SignalType):
+    C, cols = t.C, t.cols
+    if layer.cross:  # Kondor: all channels' fragments form one big generalized signal
+        cols = tuple(tuple(c * t.width + j for c in range(t.C) for j in cl) for cl in t.cols)
+        C = 1
+    active = [l for l, c in enumerate(cols) if c]
+    paths = []
+    for l, pairs in mixing_set(layer.mix, active, layer.L).items():
+        for l1, l2 in pairs:
+            cp = pair_columns(l1, cols[l1], l2, cols[l2], l)
+            if cp:
+                paths.append(Path(l1, l2, l, tuple(cp)))
+    taus = [0] * layer.L
+    for p in paths:
+        taus[p.l] += len(p.pairs)
+    entries = sum(cg_pattern_size(p.l1, p.l2, p.l) for p in paths)
+    macs = C * sum(cg_pattern_size(p.l1, p.l2, p.l) * len(p.pairs) for p in paths)
+    return generalized_type(C, tuple(taus)), 0, macs, tuple(paths), entries
+
+
+def _active_taus(t: SignalType, L: int, tau: int) -> tuple[int, ...]:
+    """Output degrees exist only where the input has fragments (a linear map of nothing is 0)."""
+    return tuple(tau if k else 0 for k in t.tau[:L])
+
+
+@analyze_layer.register
+def _(layer: ir.GenConv, t: SignalType):
+    t_in = _truncate(t, layer.L)
+    taus = _active_taus(t_in, layer.L, layer.tau)
+    live = [l for l, k in enumerate(taus) if k]
+    uniform = sum(t_in.tau[l] * layer.tau_u for l in live)
+    channel = t.C * len(live) * layer.tau_u * layer.tau
+    cross = len(live) * t.C * layer.K
+    bias = layer.K * layer.tau if 0 in live else 0
+    rows = {l: 2 * l + 1 for l in live}
+    macs = sum(
+        rows[l] * t.C * (t_in.tau[l] * layer.tau_u + layer.tau_u * layer.tau + layer.K * layer.tau) for l in live
+    )
+    params = 2 * (uniform + channel + cross + bias)
+    return generalized_type(layer.K, taus), params, macs, (), 0
+
+
+@analyze_layer.register
+def _(layer: ir.FullGenConv, t: SignalType):
+    t_in = _truncate(t, layer.L)
+    taus = _active_taus(t_in, layer.L, layer.tau)
+    live = [l for l, k in enumerate(taus) if k]
+    weights = sum(t.C * t_in.tau[l] * layer.K * layer.tau for l in live)
+    bias = layer.K * layer.tau if 0 in live else 0
+    macs = sum((2 * l + 1) * t.C * t_in.tau[l] * layer.K * layer.tau for l in live)
+    return generalized_type(layer.K, taus), 2 * (weights + bias), macs, (), 0
+
+
+@analyze_layer.register
+def _(layer: ir.Norm, t: SignalType):
+    return t, t.C * sum(t.tau), t.C * _rows(t.L) * t.width, (), 0
+
+
+@analyze_layer.register
+def _(layer: ir.Invariant, t: SignalType):
+    return SignalType(ir.Domain.FEATURES, features=2 * t.C * t.tau[0]), 0, 0, (), 0
+
+
+@analyze_layer.register
+def _(layer: ir.Dense, t: SignalType):
+    out = SignalType(ir.Domain.FEATURES, features=layer.n)
+    return out, t.features * layer.n + layer.n, t.features * layer.n, (), 0
+
+
+def analyze(model: ir.Model) -> Analysis:
+    """Propagate types through the chain and count everything; pure function of the IR."""
+    t = s2_type(model.input.L, model.input.C)
+    first, infos = t, []
+    for i, layer in enumerate(model.layers):
+        out, params, macs, paths, entries = analyze_layer(layer, t)
+        infos.append(LayerInfo(i, layer, t, out, params, macs, paths, entries))
+        t = out
+    return Analysis(model, first, tuple(infos))
+
+
+def explain_table(a: Analysis) -> str:
+    """The per-layer table ``sphc explain`` prints."""
+    head = ("#", "layer", "domain in→out", "L in→out", "type out", "paths", "CG entries", "params", "MACs", "act/ex")
+    rows = [head]
+    for x in a.layers:
+        L_in = x.t_in.L or "-"
+        L_out = x.t_out.L or "-"
+        rows.append(
+            (
+                str(x.index + 1),
+                ir.dump_layer(x.layer).split()[0],
+                f"{x.t_in.domain.value}→{x.t_out.domain.value}",
+                f"{L_in}→{L_out}",
+                x.t_out.summary(),
+                str(len(x.paths)) if x.paths else "",
+                f"{x.cg_entries:,}" if x.cg_entries else "",
+                f"{x.params:,}",
+                _si(x.macs),
+                _bytes(x.out_bytes),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    inp = a.model.input
+    lines.insert(0, f"input: {inp.C}×S² MW samples, L={inp.L}, shape ({inp.C}, {inp.L}, {2 * inp.L - 1})")
+    lines.append(f"total parameters: {a.params:,} (real scalars; a complex weight counts 2)")
+    lines.append("paths = CG (l1,l2,l) triples; MACs = complex multiply-adds per example; act/ex = float32 output")
+    return "\n".join(lines)
+
+
+def _si(n: int) -> str:
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def _bytes(n: int) -> str:
+    for unit, scale in (("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"

@@ -1,0 +1,36 @@
+"""Every SPHC_* environment knob, declared once (Triton's ``knobs.py`` idea).
+
+Reading the environment anywhere else is a bug: modules ask this file, so the set of knobs
+that can change sphc's behaviour is visible in one place and documented in the README.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+#: Bump when the layout of anything sphc writes to its cache changes; old entries are then ignored.
+CACHE_FORMAT_VERSION = 1
+
+
+def cache_dir() -> Path:
+    """Root of sphc's persistent cache (CG tables, ...).
+
+    ``SPHC_CACHE_DIR`` overrides it; otherwise ``$XDG_CACHE_HOME/sphc`` or ``~/.cache/sphc``.
+    The format version is part of the path so an sphc upgrade never reads stale layouts.
+    """
+    root = os.environ.get("SPHC_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+        root = str(Path(xdg) / "sphc")
+    return Path(root) / f"v{CACHE_FORMAT_VERSION}"
+
+
+def cache_disabled() -> bool:
+    """``SPHC_NO_CACHE=1`` recomputes everything and writes nothing (for timing cold compiles)."""
+    return os.environ.get("SPHC_NO_CACHE", "") not in ("", "0")
+
+
+def debug() -> bool:
+    """``SPHC_DEBUG=1`` makes the CLI print full tracebacks instead of located diagnostics only."""
+    return os.environ.get("SPHC_DEBUG", "") not in ("", "0")

@@ -1,0 +1,58 @@
+"""Index conventions shared by the compiler and the runtime (pure integer functions).
+
+A harmonic signal between layers is one complex tensor of shape ``(batch, C, L, 2L-1, T)``:
+``x[b, c, l, L-1+m, t]`` is coefficient ``m`` of fragment (column) ``t`` of degree ``l`` in
+channel ``c`` — s2fft's 2-D ``flm`` layout with a trailing fragment axis (PAPER.md §3.1, §5.5).
+Entries with ``|m| > l`` and columns that degree ``l`` does not use are zero. Which columns a
+degree uses is the signal's *type*: ``cols[l]`` lists them. Both the analysis (to count) and
+the runtime (to build gather indices) enumerate tensor-product terms with the functions here,
+so the two can never disagree about the order.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+Cols = tuple[tuple[int, ...], ...]
+
+
+def so3_cols(L: int, N: int) -> Cols:
+    """SO(3) signals keep column ``N-1+n`` for ``|n| <= min(l, N-1)`` (s2fft's flmn layout)."""
+    return tuple(tuple(range(N - 1 - min(l, N - 1), N + min(l, N - 1))) for l in range(L))
+
+
+def prefix_cols(taus: tuple[int, ...]) -> Cols:
+    """Generalized signals keep columns ``0 .. tau_l - 1``."""
+    return tuple(tuple(range(t)) for t in taus)
+
+
+def pair_columns(l1: int, cols1: tuple[int, ...], l2: int, cols2: tuple[int, ...], l: int) -> list[tuple[int, int]]:
+    """Column pairs (i, j) whose CG product at output degree ``l`` is needed.
+
+    Swapping the factors multiplies the product by (-1)^(l1+l2-l) (PAPER.md §2.4), so for a path
+    with l1 == l2 the pairs (i, j) and (j, i) carry the same information: keep i <= j, and drop
+    i == j when l is odd, where the product of a column with itself vanishes.
+    """
+    if l1 != l2:
+        return [(i, j) for i in cols1 for j in cols2]
+    strict = l % 2 == 1
+    return [(i, j) for a, i in enumerate(cols1) for j in cols1[a + (1 if strict else 0) :]]
+
+
+def cg_pattern(l1: int, l2: int, l: int) -> tuple[np.ndarray, np.ndarray]:
+    """All (m, m1) with m = m1 + m2, |m1| <= l1, |m2| <= l2, |m| <= l; m ascending, then m1.
+
+    This is the sparse structure of the CG block; exact zeros inside it (e.g. the parity zeros
+    at m1 = m2 = 0) are kept as zero values so the pattern is a pure function of the degrees.
+    """
+    ms, m1s = [], []
+    for m in range(-l, l + 1):
+        lo, hi = max(-l1, m - l2), min(l1, m + l2)
+        ms.extend([m] * max(0, hi - lo + 1))
+        m1s.extend(range(lo, hi + 1))
+    return np.asarray(ms, dtype=np.int64), np.asarray(m1s, dtype=np.int64)
+
+
+def cg_pattern_size(l1: int, l2: int, l: int) -> int:
+    """``len(cg_pattern(l1, l2, l)[0])`` without building it."""
+    return sum(max(0, min(l1, m + l2) - max(-l1, m - l2) + 1) for m in range(-l, l + 1))

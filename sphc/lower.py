@@ -1,0 +1,345 @@
+"""Stage 2, AST → IR: resolve names and defaults, check every value, follow the signal's shape.
+
+One table (``LAYERS``) says which layers exist, which parameters each takes, which may be given
+positionally, and what their defaults are; ``sphc explain --help`` and the README's language
+reference are written from it. Each layer kind then has one small ``_build_*`` function that
+turns checked arguments plus the incoming signal shape into an IR node, raising a located
+``SphcError`` for anything impossible (wrong domain, growing bandlimit, ...).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from . import ir
+from .errors import Span, SphcError
+from .syntax import Arg, LayerNode, ModelAST
+
+
+@dataclass(frozen=True)
+class Param:
+    """One layer parameter: its type, default (None = inherited from the incoming signal), doc."""
+
+    name: str
+    kind: type | tuple[str, ...]  # int, float, bool, or the allowed words of an enum
+    doc: str
+    default: object = None
+    minimum: float | None = None
+    maximum: float | None = None  # exclusive upper bound for floats
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    params: tuple[Param, ...]
+    positional: tuple[str, ...]
+    doc: str
+
+
+def _words(enum: type[Enum]) -> tuple[str, ...]:
+    return tuple(e.value for e in enum)
+
+
+_C = Param("C", int, "output channels (default: input channels)", minimum=1)
+_L = Param("L", int, "output bandlimit, degrees 0..L-1 (default: input L; may not grow)", minimum=1)
+_N = Param("N", int, "azimuthal bandlimit of the SO(3) output, 1 <= N <= L (default: L)", minimum=1)
+_K = Param("K", int, "output channels (default: input channels)", minimum=1)
+
+LAYERS: dict[str, LayerSpec] = {
+    "Input": LayerSpec(
+        (
+            Param("domain", ("s2",), "signal domain of the MW-sampled input", default="s2"),
+            Param("L", int, "input bandlimit; samples are L x (2L-1)", minimum=1),
+            Param("C", int, "input channels", default=1, minimum=1),
+        ),
+        ("domain",),
+        "model input: C channels of real MW samples on the sphere, shape (C, L, 2L-1)",
+    ),
+    "S2Conv": LayerSpec((_C, _L, _N), (), "S² → SO(3) harmonic convolution (Cohen et al. 2018)"),
+    "SO3Conv": LayerSpec((_C, _L, _N), (), "SO(3) → SO(3) harmonic convolution"),
+    "ZonalConv": LayerSpec((_C, _L), (), "S² → S² convolution with axisymmetric filters (Esteves et al.)"),
+    "ReLU": LayerSpec(
+        (Param("oversample", int, "evaluate on a grid this many times finer", default=1, minimum=1),),
+        (),
+        "pointwise ReLU on the MW samples of an S² or SO(3) signal",
+    ),
+    "TensorProduct": LayerSpec(
+        (
+            Param("mix", _words(ir.Mixing), "degree-mixing set", default="mst"),
+            _L,
+            Param("cross", bool, "also multiply fragments of different channels (Kondor)", default=False),
+        ),
+        ("mix",),
+        "channel-wise Clebsch–Gordan tensor-product activation",
+    ),
+    "GenConv": LayerSpec(
+        (
+            _K,
+            Param("tau", int, "output fragments per degree and channel", default=1, minimum=1),
+            Param("tau_u", int, "width of the uniform (shared) projection (default: tau)", minimum=1),
+            _L,
+        ),
+        ("K",),
+        "constrained generalized convolution: uniform, channel-wise and cross-channel steps",
+    ),
+    "FullGenConv": LayerSpec(
+        (_K, Param("tau", int, "output fragments per degree and channel", default=1, minimum=1), _L),
+        ("K",),
+        "unconstrained generalized convolution (Kondor et al.): all fragments mixed per degree",
+    ),
+    "EfficientLayer": LayerSpec(
+        (
+            Param("mix", _words(ir.Mixing), "degree-mixing set", default="mst"),
+            _L,
+            _K,
+            Param("tau", int, "output fragments per degree and channel", default=1, minimum=1),
+            Param("tau_u", int, "width of the uniform projection (default: tau)", minimum=1),
+        ),
+        ("mix",),
+        "efficient generalized layer: TensorProduct (to bandlimit L) followed by GenConv",
+    ),
+    "Norm": LayerSpec(
+        (
+            Param("eps", float, "added to the mean squared norm", default=1e-5, minimum=0.0),
+            Param("momentum", float, "running-statistics momentum", default=0.1, minimum=0.0, maximum=1.0),
+        ),
+        (),
+        "equivariant fragment normalisation (divide by running RMS norm, learned scale)",
+    ),
+    "Invariant": LayerSpec((), (), "readout: degree-0 fragments → real features (real and imaginary parts)"),
+    "Dense": LayerSpec(
+        (
+            Param("n", int, "output features", minimum=1),
+            Param("act", _words(ir.Activation), "activation after the linear map", default="none"),
+            Param("dropout", float, "dropout probability after the activation", default=0.0, minimum=0.0, maximum=1.0),
+        ),
+        ("n",),
+        "fully connected layer on invariant features",
+    ),
+}
+
+
+def _suggest(word: str, options) -> str:
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"did you mean `{close[0]}`? " if close else ""
+
+
+def _check_value(p: Param, arg: Arg) -> object:
+    v, span = arg.value, arg.value_span
+    if isinstance(p.kind, tuple):
+        if v not in p.kind:
+            raise SphcError(
+                f"{p.name} must be one of {', '.join(p.kind)}, got {v!r}",
+                span,
+                hint=_suggest(str(v), p.kind) + f"{p.name}: {p.doc}",
+            )
+        return v
+    if p.kind is bool:
+        if v not in ("true", "false"):
+            raise SphcError(f"{p.name} must be true or false, got {v!r}", span, hint=p.doc)
+        return v == "true"
+    if p.kind is int and not isinstance(v, int) or p.kind is float and isinstance(v, str):
+        what = "an integer" if p.kind is int else "a number"
+        raise SphcError(f"{p.name} must be {what}, got {v!r}", span, hint=f"{p.name}: {p.doc}")
+    if p.minimum is not None and v < p.minimum or p.maximum is not None and v >= p.maximum:
+        bound = f">= {p.minimum:g}" + (f" and < {p.maximum:g}" if p.maximum is not None else "")
+        raise SphcError(f"{p.name} must be {bound}, got {v}", span, hint=f"{p.name}: {p.doc}")
+    return float(v) if p.kind is float else v
+
+
+def _bind(node: LayerNode) -> tuple[LayerSpec, dict[str, object], dict[str, Span]]:
+    """Match a layer's arguments to its spec; return values and the span of each given argument."""
+    spec = LAYERS.get(node.name)
+    if spec is None:
+        raise SphcError(
+            f"unknown layer `{node.name}`",
+            node.span,
+            hint=_suggest(node.name, LAYERS) + "layers: " + ", ".join(LAYERS),
+        )
+    by_name = {p.name: p for p in spec.params}
+    values: dict[str, object] = {}
+    spans: dict[str, Span] = {}
+    positional = list(spec.positional)
+    for arg in node.args:
+        if arg.key is None:
+            if not positional:
+                raise SphcError(
+                    f"`{node.name}` takes no further positional argument (got {arg.value!r})",
+                    arg.span,
+                    hint="name it: " + " ".join(f"{p.name}=..." for p in spec.params) if spec.params else None,
+                )
+            key = positional.pop(0)
+        else:
+            key = arg.key
+            if key not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise SphcError(
+                    f"`{node.name}` has no parameter `{key}`",
+                    arg.span,
+                    hint=_suggest(key, by_name) + f"its parameters: {known}",
+                )
+            if key in positional:
+                positional.remove(key)
+        if key in values:
+            raise SphcError(f"parameter `{key}` given twice", arg.span)
+        values[key] = _check_value(by_name[key], arg)
+        spans[key] = arg.value_span
+    for p in spec.params:
+        values.setdefault(p.name, p.default)
+    return spec, values, spans
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What lowering tracks between layers: enough to resolve defaults and reject bad chains."""
+
+    domain: ir.Domain
+    L: int = 0
+    C: int = 0
+    N: int = 0
+    features: int = 0
+
+
+_HARMONIC = (ir.Domain.S2, ir.Domain.SO3, ir.Domain.GENERALIZED)
+
+
+def _need(node: LayerNode, shape: _Shape, domains: tuple[ir.Domain, ...], hint: str) -> None:
+    if shape.domain not in domains:
+        want = " or ".join(d.value for d in domains)
+        raise SphcError(
+            f"`{node.name}` needs a {want} signal, but the previous layer gives a {shape.domain.value} signal",
+            node.span,
+            hint=hint,
+        )
+
+
+def _out_L(node: LayerNode, vals: dict, spans: dict, shape: _Shape) -> int:
+    L = vals["L"] if vals["L"] is not None else shape.L
+    if L > shape.L:
+        raise SphcError(
+            f"bandlimit grows from L={shape.L} to L={L} in `{node.name}`",
+            spans.get("L", node.span),
+            hint="a layer can keep or lower the bandlimit, never raise it (nothing exists above L)",
+        )
+    return L
+
+
+def _out_N(node: LayerNode, vals: dict, spans: dict, L: int, default: int) -> int:
+    N = vals["N"] if vals["N"] is not None else min(default, L)
+    if N > L:
+        raise SphcError(
+            f"azimuthal bandlimit N={N} exceeds the output bandlimit L={L}",
+            spans.get("N", node.span),
+            hint="N counts |n| < N; it can be at most L",
+        )
+    return N
+
+
+def _conv(cls, domains, hint):
+    def build(node, vals, spans, shape):
+        _need(node, shape, domains, hint)
+        L = _out_L(node, vals, spans, shape)
+        C = vals["C"] or shape.C
+        if cls is ir.ZonalConv:
+            return [ir.ZonalConv(C, L, node.full_span)], _Shape(ir.Domain.S2, L, C)
+        N = _out_N(node, vals, spans, L, shape.N if cls is ir.SO3Conv else L)
+        return [cls(C, L, N, node.full_span)], _Shape(ir.Domain.SO3, L, C, N)
+
+    return build
+
+
+def _relu(node, vals, spans, shape):
+    _need(node, shape, (ir.Domain.S2, ir.Domain.SO3), "pointwise layers act on samples; use them after S2/SO3/Zonal convs")
+    return [ir.ReLU(vals["oversample"], node.full_span)], shape
+
+
+def _tensor_product(node, vals, spans, shape):
+    _need(node, shape, _HARMONIC, "tensor products act on harmonic fragments")
+    L = _out_L(node, vals, spans, shape)
+    layer = ir.TensorProduct(ir.Mixing(vals["mix"]), L, vals["cross"], node.full_span)
+    return [layer], _Shape(ir.Domain.GENERALIZED, L, 1 if vals["cross"] else shape.C)
+
+
+def _gen_conv(node, vals, spans, shape):
+    _need(node, shape, _HARMONIC, "generalized convolutions act on harmonic fragments")
+    L = _out_L(node, vals, spans, shape)
+    K = vals["K"] or shape.C
+    if node.name == "FullGenConv":
+        layer = ir.FullGenConv(K, vals["tau"], L, node.full_span)
+    else:
+        layer = ir.GenConv(K, vals["tau"], vals["tau_u"] or vals["tau"], L, node.full_span)
+    return [layer], _Shape(ir.Domain.GENERALIZED, L, K)
+
+
+def _efficient(node, vals, spans, shape):
+    tp, mid = _tensor_product(node, {**vals, "cross": False}, spans, shape)
+    conv, out = _gen_conv(node, {**vals, "L": None}, {}, mid)
+    return tp + conv, out
+
+
+def _norm(node, vals, spans, shape):
+    _need(node, shape, _HARMONIC, "Norm scales harmonic fragments; use Dense-side dropout for features")
+    return [ir.Norm(vals["eps"], vals["momentum"], node.full_span)], shape
+
+
+def _invariant(node, vals, spans, shape):
+    _need(node, shape, _HARMONIC, "the readout takes the degree-0 fragments of a harmonic signal")
+    return [ir.Invariant(node.full_span)], _Shape(ir.Domain.FEATURES)
+
+
+def _dense(node, vals, spans, shape):
+    _need(node, shape, (ir.Domain.FEATURES,), "put `Invariant` before the first Dense layer")
+    layer = ir.Dense(vals["n"], ir.Activation(vals["act"]), vals["dropout"], node.full_span)
+    return [layer], _Shape(ir.Domain.FEATURES, features=vals["n"])
+
+
+_BUILD: dict[str, Callable] = {
+    "S2Conv": _conv(ir.S2Conv, (ir.Domain.S2,), "S2Conv maps an S² signal to SO(3); use SO3Conv after it"),
+    "SO3Conv": _conv(ir.SO3Conv, (ir.Domain.SO3,), "SO3Conv needs an SO(3) signal, e.g. after S2Conv"),
+    "ZonalConv": _conv(ir.ZonalConv, (ir.Domain.S2,), "ZonalConv maps S² to S²"),
+    "ReLU": _relu,
+    "TensorProduct": _tensor_product,
+    "GenConv": _gen_conv,
+    "FullGenConv": _gen_conv,
+    "EfficientLayer": _efficient,
+    "Norm": _norm,
+    "Invariant": _invariant,
+    "Dense": _dense,
+}
+
+
+def _input(ast: ModelAST) -> tuple[ir.Input, tuple[LayerNode, ...]]:
+    first = ast.layers[0]
+    if first.name == "Input":
+        _, vals, spans = _bind(first)
+        if vals["L"] is None:
+            raise SphcError("`Input` needs a bandlimit L=...", first.span, hint="e.g. `Input s2 L=32 C=1`")
+        return ir.Input(ir.Domain(vals["domain"]), vals["L"], vals["C"], span=first.full_span), ast.layers[1:]
+    # No header: one S² channel at the bandlimit the first layer names (the sketch's defaults).
+    L = next((a.value for a in first.args if a.key == "L" and isinstance(a.value, int)), None)
+    if L is None:
+        raise SphcError(
+            "cannot tell the input bandlimit",
+            first.span,
+            hint="start the model with `Input s2 L=<bandlimit> C=<channels>`, or give the first layer L=...",
+        )
+    return ir.Input(ir.Domain.S2, L, 1, span=Span(ast.file, 1, 1)), ast.layers
+
+
+def lower(ast: ModelAST) -> ir.Model:
+    """Check the chain layer by layer and build the IR; raise the first ``SphcError`` found."""
+    try:
+        inp, nodes = _input(ast)
+        shape = _Shape(inp.domain, inp.L, inp.C)
+        layers: list[ir.Layer] = []
+        for node in nodes:
+            if node.name == "Input":
+                raise SphcError("`Input` can only be the first layer", node.span)
+            _, vals, spans = _bind(node)
+            new, shape = _BUILD[node.name](node, vals, spans, shape)
+            layers.extend(new)
+        return ir.Model(inp, tuple(layers))
+    except SphcError as e:
+        raise e.with_source(ast.source) from None

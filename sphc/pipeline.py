@@ -1,0 +1,67 @@
+"""The one driver: text → AST → IR → analysis → plan → Python, as named stages.
+
+``--emit NAME`` stops after stage NAME and prints its canonical dump, so every intermediate
+form can be inspected (tinygrad's and Triton's habit, shared/docs/STYLE.md §3.2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+from . import analysis, codegen, ir, lower, plan, syntax
+from .errors import SphcError
+
+STAGES = ("ast", "ir", "analysis", "plan", "python")
+
+
+def check_source(text: str, file: str = "<string>") -> analysis.Analysis:
+    """Parse, lower and analyse; raises ``SphcError`` on any mistake. Writes nothing."""
+    ast = syntax.parse(text, file)  # text → AST with spans
+    model = lower.lower(ast)  # AST → IR: names, defaults and shapes checked
+    return analysis.analyze(model)  # IR → types, paths and costs
+
+
+def compile_source(text: str, file: str = "<string>", emit: str = "python") -> str:
+    """Compile ``.sph`` source text to the generated module's Python source (or an earlier stage)."""
+    if emit not in STAGES:
+        raise ValueError(f"emit must be one of {STAGES}, got {emit!r}")
+    if emit == "ast":
+        return repr(syntax.parse(text, file)) + "\n"
+    result = check_source(text, file)
+    if emit == "ir":
+        return ir.dump(result.model)
+    if emit == "analysis":
+        return analysis.explain_table(result) + "\n"
+    module_plan = plan.plan(result, text, file)  # every number the template needs
+    if emit == "plan":
+        return repr(module_plan) + "\n"
+    return codegen.render(module_plan)  # plan → Python via templates/
+
+
+def _read(path_or_text: str | Path) -> tuple[str, str]:
+    """``(text, file name)``: a path that exists is read, anything else is taken as source text."""
+    if isinstance(path_or_text, Path) or (
+        "\n" not in str(path_or_text) and str(path_or_text).endswith(".sph")
+    ):
+        path = Path(path_or_text)
+        if not path.is_file():
+            raise SphcError(f"no such model file: {path}")
+        return path.read_text(), str(path)
+    return str(path_or_text), "<string>"
+
+
+def load(path_or_text: str | Path, module_name: str | None = None) -> types.ModuleType:
+    """Compile a model (a ``.sph`` path or source text) and import the result in memory."""
+    text, file = _read(path_or_text)
+    source = compile_source(text, file)
+    name = module_name or "sphc_model_" + hashlib.sha256(source.encode()).hexdigest()[:12]
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    module.__file__ = f"<sphc:{file}>"
+    exec(compile(source, module.__file__, "exec"), module.__dict__)
+    sys.modules[name] = module  # so pickling classes by reference and torch.compile can find it
+    return module

@@ -1,0 +1,330 @@
+"""Reference torch implementation of every layer: the semantics generated models run.
+
+Generated modules import this file. Every layer works on the padded harmonic layout of
+``layout.py`` — ``(batch, C, L, 2L-1, T)`` complex — in float32 or float64 (complex64 /
+complex128), on CPU or CUDA, with autograd. All work is vectorised over batch, m and columns;
+the only Python loops run once, at construction, to build index tables. Later backends (Triton)
+must match these modules numerically.
+
+Weights are stored as real tensors holding only the entries a layer really has (so
+``sum(p.numel())`` equals ``sphc explain``'s count and ``Module.double()`` converts them) and
+are scattered into the padded complex tensors at call time.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import zlib
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import layout
+from .errors import Span, SphcError
+from .transforms import s2_forward_2d
+
+Where = tuple[str, int, int] | None
+
+_ACTIVATIONS = {
+    "none": nn.Identity,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "softplus": nn.Softplus,
+}
+
+
+def decode_f64(data: str, count: int, sha256: str) -> np.ndarray:
+    """Decode a table embedded by the code generator; refuse it if it was altered."""
+    raw = zlib.decompress(base64.b64decode(data))
+    if hashlib.sha256(raw).hexdigest() != sha256 or len(raw) != 8 * count:
+        raise SphcError("embedded coefficient table is corrupt; recompile the model with `sphc compile`")
+    return np.frombuffer(raw, dtype="<f8").copy()
+
+
+def _complex(dtype: torch.dtype) -> torch.dtype:
+    return torch.complex128 if dtype == torch.float64 else torch.complex64
+
+
+class PackedWeight(nn.Module):
+    """A complex (or real) weight of a given padded shape of which only ``mask`` entries exist.
+
+    Only the existing entries are parameters; ``forward()`` scatters them into the padded tensor.
+    Initialised as complex normal with standard deviation ``std`` (broadcast against the mask).
+    """
+
+    def __init__(self, mask: np.ndarray, std: np.ndarray | float, complex_: bool = True):
+        super().__init__()
+        self.shape = tuple(mask.shape)
+        self.complex = complex_
+        flat = np.flatnonzero(mask.reshape(-1))
+        self.register_buffer("index", torch.from_numpy(flat), persistent=False)
+        scale = torch.from_numpy(np.broadcast_to(std, mask.shape).reshape(-1)[flat].astype(np.float32))
+        if complex_:
+            w = torch.randn(len(flat), 2) * (scale / math.sqrt(2))[:, None]
+        else:
+            w = torch.randn(len(flat)) * scale
+        self.weight = nn.Parameter(w)
+
+    def forward(self) -> torch.Tensor:
+        w = self.weight
+        numel = math.prod(self.shape)
+        if self.complex:
+            full = w.new_zeros(numel, 2).index_copy(0, self.index, w)
+            return torch.view_as_complex(full).view(self.shape)
+        return w.new_zeros(numel).index_copy(0, self.index, w).view(self.shape)
+
+
+def _truncate(x: torch.Tensor, L: int) -> torch.Tensor:
+    """Keep degrees < L of a padded harmonic tensor (and the matching m range)."""
+    L_in = x.shape[2]
+    return x[:, :, :L, L_in - L : L_in - 1 + L]
+
+
+def _col_mask(cols: layout.Cols, width: int) -> np.ndarray:
+    mask = np.zeros((len(cols), width), dtype=bool)
+    for l, c in enumerate(cols):
+        mask[l, list(c)] = True
+    return mask
+
+
+class InputSHT(nn.Module):
+    """Check the sampled input and take its exact spherical-harmonic transform (MW grid)."""
+
+    def __init__(self, C: int, L: int, where: Where = None):
+        super().__init__()
+        self.C, self.L, self.where = C, L, where
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        expect = (self.C, self.L, 2 * self.L - 1)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expect:
+            raise SphcError(
+                f"model input must have shape (batch, {expect[0]}, {expect[1]}, {expect[2]}) "
+                f"= (batch, channels, L, 2L-1) real MW samples, got {tuple(x.shape)}",
+                Span(*self.where) if self.where else None,
+                hint="m.input_shape gives (channels, L, 2L-1)",
+            )
+        if x.is_complex() or not x.is_floating_point():
+            raise SphcError(f"model input must be a real float tensor, got {x.dtype}")
+        return s2_forward_2d(x, self.L).unsqueeze(-1)
+
+
+class S2Conv(nn.Module):
+    """S² → SO(3): y^l_{m,n} = f_lm W^l_{c,k,n} summed over input channels (PAPER.md §3.2).
+
+    ``W^l_n`` stands for 8π²/(2l+1) conj(ψ_ln) of a learned filter ψ; learning W directly is the
+    same family of maps without the constant.
+    """
+
+    def __init__(self, C_in: int, C: int, L_in: int, L: int, N: int):
+        super().__init__()
+        self.L = L
+        mask = np.broadcast_to(_col_mask(layout.so3_cols(L, N), 2 * N - 1), (C_in, C, L, 2 * N - 1))
+        self.w = PackedWeight(mask, 1 / math.sqrt(C_in))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bclm,cklt->bklmt", _truncate(x, self.L)[..., 0], self.w())
+
+
+class SO3Conv(nn.Module):
+    """SO(3) → SO(3): y^l_{m,n} = Σ_{c,n'} f^l_{c,m,n'} W^l_{c,k,n,n'} (W = conj ψ, PAPER.md §3.2)."""
+
+    def __init__(self, C_in: int, C: int, L_in: int, N_in: int, L: int, N: int):
+        super().__init__()
+        self.L = L
+        out = _col_mask(layout.so3_cols(L, N), 2 * N - 1)
+        inp = _col_mask(layout.so3_cols(L, N_in), 2 * N_in - 1)
+        mask = np.broadcast_to(out[:, :, None] & inp[:, None, :], (C_in, C, L, 2 * N - 1, 2 * N_in - 1))
+        fan_in = C_in * inp.sum(1)[:, None, None]
+        self.w = PackedWeight(mask, 1 / np.sqrt(np.maximum(fan_in, 1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.einsum("bclms,cklts->bklmt", _truncate(x, self.L), self.w())
+
+
+class ZonalConv(nn.Module):
+    """S² → S² with axisymmetric filters: y_lm = Σ_c f_lm w^l_{c,k}, one real weight per degree.
+
+    w^l stands for √(4π/(2l+1)) ψ_l0 of a real zonal filter ψ (Esteves et al., PAPER.md §3.2).
+    """
+
+    def __init__(self, C_in: int, C: int, L_in: int, L: int):
+        super().__init__()
+        self.L = L
+        self.w = PackedWeight(np.ones((C_in, C, L), dtype=bool), 1 / math.sqrt(C_in), complex_=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.w().to(x.dtype)
+        return torch.einsum("bclm,ckl->bklm", _truncate(x, self.L)[..., 0], w).unsqueeze(-1)
+
+
+class TensorProduct(nn.Module):
+    """Channel-wise Clebsch–Gordan tensor product over the layer's paths (PAPER.md §3.3).
+
+    For every path (l1, l2, l), column pair (i, j) and CG entry with m = m1 + m2:
+    ``out[l, m, col(path, i, j)] += C^{lm}_{l1 m1, l2 m2} x[l1, m1, i] x[l2, m2, j]``.
+    All terms of the layer are one gather–multiply–scatter: index tables are built once here.
+    With ``cross`` the channels are merged first, so fragments of different channels multiply.
+    """
+
+    def __init__(
+        self,
+        C: int,
+        L_in: int,
+        width_in: int,
+        L: int,
+        width: int,
+        paths: tuple[tuple[int, int, int, tuple[tuple[int, int], ...]], ...],
+        cg: np.ndarray,
+        cross: bool = False,
+    ):
+        super().__init__()
+        self.L, self.width, self.cross = L, width, cross
+        src1, src2, dst, coef = self._terms(L_in, width_in * (C if cross else 1), L, width, paths, cg)
+        self.register_buffer("src1", torch.from_numpy(src1), persistent=False)
+        self.register_buffer("src2", torch.from_numpy(src2), persistent=False)
+        self.register_buffer("dst", torch.from_numpy(dst), persistent=False)
+        self.register_buffer("coef", torch.from_numpy(coef), persistent=False)
+
+    @staticmethod
+    def _terms(L_in, T_in, L, T, paths, cg):
+        M_in, M = 2 * L_in - 1, 2 * L - 1
+        parts, offset, col = [], 0, [0] * L
+        for l1, l2, l, pairs in paths:
+            m, m1 = layout.cg_pattern(l1, l2, l)
+            values = cg[offset : offset + len(m)]
+            offset += len(m)
+            keep = values != 0
+            m, m1, values = m[keep], m1[keep], values[keep]
+            i, j = np.asarray(pairs, dtype=np.int64).T
+            cols = col[l] + np.arange(len(pairs))
+            col[l] += len(pairs)
+            r1 = (l1 * M_in + L_in - 1 + m1)[:, None] * T_in + i[None, :]
+            r2 = (l2 * M_in + L_in - 1 + (m - m1))[:, None] * T_in + j[None, :]
+            ro = (l * M + L - 1 + m)[:, None] * T + cols[None, :]
+            parts.append((r1.ravel(), r2.ravel(), ro.ravel(), np.repeat(values, len(pairs))))
+        if offset != len(cg):
+            raise SphcError(f"CG table has {len(cg)} entries but the paths need {offset}; recompile the model")
+        if not parts:
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, empty, np.zeros(0)
+        return tuple(np.concatenate(p) for p in zip(*parts))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, L_in, M_in, T = x.shape
+        if self.cross:  # column c*T + t of one merged channel
+            x = x.permute(0, 2, 3, 1, 4).reshape(B, 1, L_in, M_in, C * T)
+            C = 1
+        flat = x.reshape(B, C, -1)
+        terms = flat[..., self.src1] * flat[..., self.src2] * self.coef.to(x.real.dtype)
+        out = flat.new_zeros(B, C, self.L * (2 * self.L - 1) * self.width)
+        return out.index_add(-1, self.dst, terms).view(B, C, self.L, 2 * self.L - 1, self.width)
+
+
+def _fan_std(fan: np.ndarray) -> np.ndarray:
+    return 1 / np.sqrt(np.maximum(fan, 1))
+
+
+class GenConv(nn.Module):
+    """Constrained generalized convolution (PAPER.md §4.2), three linear maps per degree l:
+
+    uniform ``A = X U^l`` (one matrix shared by all channels, shrinks the many TP fragments to
+    ``tau_u``), channel-wise ``B_c = A_c V^l_c`` (tau_u → tau), cross-channel
+    ``y_k = Σ_c X^l_{c,k} B_c``; plus a bias on the invariant degree-0 fragments.
+    """
+
+    def __init__(self, C: int, K: int, L_in: int, width_in: int, cols_in: layout.Cols, L: int, tau: int, tau_u: int):
+        super().__init__()
+        self.L, self.tau = L, tau
+        live = np.array([bool(cols_in[l]) for l in range(L)])
+        cm = _col_mask(cols_in[:L], width_in)
+        self.u = PackedWeight(np.repeat(cm[:, :, None], tau_u, 2), _fan_std(cm.sum(1))[:, None, None])
+        self.v = PackedWeight(np.broadcast_to(live[None, :, None, None], (C, L, tau_u, tau)), 1 / math.sqrt(tau_u))
+        self.x = PackedWeight(np.broadcast_to(live[None, None, :], (C, K, L)), 1 / math.sqrt(C))
+        self.bias = nn.Parameter(torch.zeros(K, tau, 2)) if live[0] else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = _truncate(x, self.L)
+        a = torch.einsum("bclmt,ltu->bclmu", x, self.u())
+        b = torch.einsum("bclmu,cluv->bclmv", a, self.v())
+        y = torch.einsum("bclmv,ckl->bklmv", b, self.x())
+        return _add_bias(y, self.bias)
+
+
+def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Add a bias to the (l=0, m=0) row only: a constant is invariant there and nowhere else."""
+    if bias is None:
+        return y
+    pad = torch.zeros_like(y[0])
+    pad[:, 0, y.shape[3] // 2] = torch.view_as_complex(bias)
+    return y + pad
+
+
+class FullGenConv(nn.Module):
+    """Unconstrained generalized convolution: y^l = x^l W^l over all (channel, column) pairs."""
+
+    def __init__(self, C: int, K: int, L_in: int, width_in: int, cols_in: layout.Cols, L: int, tau: int):
+        super().__init__()
+        self.L = L
+        cm = _col_mask(cols_in[:L], width_in)
+        mask = np.broadcast_to(cm[:, None, :, None, None], (L, C, width_in, K, tau))
+        self.w = PackedWeight(mask, _fan_std(C * cm.sum(1))[:, None, None, None, None])
+        self.bias = nn.Parameter(torch.zeros(K, tau, 2)) if cols_in[0] else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.einsum("bclmt,lctkv->bklmv", _truncate(x, self.L), self.w())
+        return _add_bias(y, self.bias)
+
+
+class Norm(nn.Module):
+    """Equivariant fragment normalisation: f^l_{c,t} · γ_{c,l,t} / √(E‖f^l_{c,t}‖² + eps).
+
+    ‖f‖² sums |f_lm|² over m, which rotations leave unchanged, so scaling by any function of it
+    is equivariant. E is the batch mean in training and a running mean in evaluation (the
+    CGNet normalisation of PAPER.md §3.3, with a learned scale).
+    """
+
+    def __init__(self, C: int, cols: layout.Cols, width: int, eps: float, momentum: float):
+        super().__init__()
+        self.eps, self.momentum = eps, momentum
+        mask = np.broadcast_to(_col_mask(cols, width), (C, len(cols), width))
+        self.gamma = PackedWeight(mask, 0.0, complex_=False)
+        with torch.no_grad():
+            self.gamma.weight.fill_(1.0)
+        self.register_buffer("running_sq", torch.ones(C, len(cols), width))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            ms = (x.real**2 + x.imag**2).sum(3).mean(0)
+            with torch.no_grad():
+                self.running_sq.lerp_(ms.detach().to(self.running_sq.dtype), self.momentum)
+        else:
+            ms = self.running_sq.to(x.real.dtype)
+        scale = self.gamma().to(x.real.dtype) * torch.rsqrt(ms + self.eps)
+        return x * scale[None, :, :, None, :]
+
+
+class Invariant(nn.Module):
+    """Readout: the degree-0 fragments (D^0 = 1, so invariant) as real features (re, im)."""
+
+    def __init__(self, cols0: tuple[int, ...]):
+        super().__init__()
+        self.register_buffer("cols", torch.tensor(cols0, dtype=torch.int64), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = x[:, :, 0, x.shape[3] // 2][..., self.cols]
+        return torch.view_as_real(z).flatten(1)
+
+
+class Dense(nn.Sequential):
+    """Linear → activation → dropout on invariant real features."""
+
+    def __init__(self, n_in: int, n: int, act: str = "none", dropout: float = 0.0):
+        layers = [nn.Linear(n_in, n), _ACTIVATIONS[act]()]
+        if dropout:
+            layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
