@@ -179,7 +179,8 @@ def _(layer: ir.GenConv, t: SignalType):
     bias = layer.K * layer.tau if 0 in live else 0
     rows = {l: 2 * l + 1 for l in live}
     macs = sum(
-        rows[l] * t.C * (t_in.tau[l] * layer.tau_u + layer.tau_u * layer.tau + layer.K * layer.tau) for l in live
+        rows[l] * t.C * (t_in.tau[l] * layer.tau_u + layer.tau_u * layer.tau + layer.K * layer.tau)
+        for l in live
     )
     params = 2 * (uniform + channel + cross + bias)
     return generalized_type(layer.K, taus), params, macs, (), 0
@@ -225,7 +226,18 @@ def analyze(model: ir.Model) -> Analysis:
 
 def explain_table(a: Analysis) -> str:
     """The per-layer table ``sphc explain`` prints."""
-    head = ("#", "layer", "domain in→out", "L in→out", "type out", "paths", "CG entries", "params", "MACs", "act/ex")
+    head = (
+        "#",
+        "layer",
+        "domain in→out",
+        "L in→out",
+        "type out",
+        "paths",
+        "CG entries",
+        "params",
+        "MACs",
+        "act/ex",
+    )
     rows = [head]
     for x in a.layers:
         L_in = x.t_in.L or "-"
@@ -250,7 +262,9 @@ def explain_table(a: Analysis) -> str:
     inp = a.model.input
     lines.insert(0, f"input: {inp.C}×S² MW samples, L={inp.L}, shape ({inp.C}, {inp.L}, {2 * inp.L - 1})")
     lines.append(f"total parameters: {a.params:,} (real scalars; a complex weight counts 2)")
-    lines.append("paths = CG (l1,l2,l) triples; MACs = complex multiply-adds per example; act/ex = float32 output")
+    lines.append(
+        "paths = CG (l1,l2,l) triples; MACs = complex multiply-adds per example; act/ex = float32 output"
+    )
     return "\n".join(lines)
 
 

@@ -26,7 +26,9 @@ def prefix_cols(taus: tuple[int, ...]) -> Cols:
     return tuple(tuple(range(t)) for t in taus)
 
 
-def pair_columns(l1: int, cols1: tuple[int, ...], l2: int, cols2: tuple[int, ...], l: int) -> list[tuple[int, int]]:
+def pair_columns(
+    l1: int, cols1: tuple[int, ...], l2: int, cols2: tuple[int, ...], l: int
+) -> list[tuple[int, int]]:
     """Column pairs (i, j) whose CG product at output degree ``l`` is needed.
 
     Swapping the factors multiplies the product by (-1)^(l1+l2-l) (PAPER.md §2.4), so for a path

@@ -113,7 +113,14 @@ LAYERS: dict[str, LayerSpec] = {
         (
             Param("n", int, "output features", minimum=1),
             Param("act", _words(ir.Activation), "activation after the linear map", default="none"),
-            Param("dropout", float, "dropout probability after the activation", default=0.0, minimum=0.0, maximum=1.0),
+            Param(
+                "dropout",
+                float,
+                "dropout probability after the activation",
+                default=0.0,
+                minimum=0.0,
+                maximum=1.0,
+            ),
         ),
         ("n",),
         "fully connected layer on invariant features",
@@ -168,7 +175,9 @@ def _bind(node: LayerNode) -> tuple[LayerSpec, dict[str, object], dict[str, Span
                 raise SphcError(
                     f"`{node.name}` takes no further positional argument (got {arg.value!r})",
                     arg.span,
-                    hint="name it: " + " ".join(f"{p.name}=..." for p in spec.params) if spec.params else None,
+                    hint="name it: " + " ".join(f"{p.name}=..." for p in spec.params)
+                    if spec.params
+                    else None,
                 )
             key = positional.pop(0)
         else:
@@ -251,7 +260,12 @@ def _conv(cls, domains, hint):
 
 
 def _relu(node, vals, spans, shape):
-    _need(node, shape, (ir.Domain.S2, ir.Domain.SO3), "pointwise layers act on samples; use them after S2/SO3/Zonal convs")
+    _need(
+        node,
+        shape,
+        (ir.Domain.S2, ir.Domain.SO3),
+        "pointwise layers act on samples; use them after S2/SO3/Zonal convs",
+    )
     return [ir.ReLU(vals["oversample"], node.full_span)], shape
 
 

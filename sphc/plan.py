@@ -162,7 +162,13 @@ def _(layer: ir.FullGenConv, info):
 @_ctor.register
 def _(layer: ir.Norm, info):
     t = info.t_in
-    return "Norm", {"C": t.C, "cols": repr(t.cols), "width": t.width, "eps": layer.eps, "momentum": layer.momentum}
+    return "Norm", {
+        "C": t.C,
+        "cols": repr(t.cols),
+        "width": t.width,
+        "eps": layer.eps,
+        "momentum": layer.momentum,
+    }
 
 
 @_ctor.register
@@ -172,7 +178,12 @@ def _(layer: ir.Invariant, info):
 
 @_ctor.register
 def _(layer: ir.Dense, info):
-    return "Dense", {"n_in": info.t_in.features, "n": layer.n, "act": layer.act.value, "dropout": layer.dropout}
+    return "Dense", {
+        "n_in": info.t_in.features,
+        "n": layer.n,
+        "act": layer.act.value,
+        "dropout": layer.dropout,
+    }
 
 
 def _layer_plan(info: LayerInfo) -> LayerPlan:

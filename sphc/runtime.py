@@ -98,6 +98,8 @@ class InputSHT(nn.Module):
     def __init__(self, C: int, L: int, where: Where = None):
         super().__init__()
         self.C, self.L, self.where = C, L, where
+        # follows .double()/.float()/.to() like the weights, so the input check knows the precision
+        self.register_buffer("precision", torch.zeros(()), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expect = (self.C, self.L, 2 * self.L - 1)
@@ -108,8 +110,12 @@ class InputSHT(nn.Module):
                 Span(*self.where) if self.where else None,
                 hint="m.input_shape gives (channels, L, 2L-1)",
             )
-        if x.is_complex() or not x.is_floating_point():
-            raise SphcError(f"model input must be a real float tensor, got {x.dtype}")
+        if x.dtype != self.precision.dtype:
+            raise SphcError(
+                f"model input is {x.dtype} but the model computes in {self.precision.dtype}",
+                Span(*self.where) if self.where else None,
+                hint="pass real samples of the model's dtype, or convert the model with .double() / .float()",
+            )
         return s2_forward_2d(x, self.L).unsqueeze(-1)
 
 
@@ -208,7 +214,9 @@ class TensorProduct(nn.Module):
             ro = (l * M + L - 1 + m)[:, None] * T + cols[None, :]
             parts.append((r1.ravel(), r2.ravel(), ro.ravel(), np.repeat(values, len(pairs))))
         if offset != len(cg):
-            raise SphcError(f"CG table has {len(cg)} entries but the paths need {offset}; recompile the model")
+            raise SphcError(
+                f"CG table has {len(cg)} entries but the paths need {offset}; recompile the model"
+            )
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty, np.zeros(0)
@@ -237,13 +245,17 @@ class GenConv(nn.Module):
     ``y_k = Σ_c X^l_{c,k} B_c``; plus a bias on the invariant degree-0 fragments.
     """
 
-    def __init__(self, C: int, K: int, L_in: int, width_in: int, cols_in: layout.Cols, L: int, tau: int, tau_u: int):
+    def __init__(
+        self, C: int, K: int, L_in: int, width_in: int, cols_in: layout.Cols, L: int, tau: int, tau_u: int
+    ):
         super().__init__()
         self.L, self.tau = L, tau
         live = np.array([bool(cols_in[l]) for l in range(L)])
         cm = _col_mask(cols_in[:L], width_in)
         self.u = PackedWeight(np.repeat(cm[:, :, None], tau_u, 2), _fan_std(cm.sum(1))[:, None, None])
-        self.v = PackedWeight(np.broadcast_to(live[None, :, None, None], (C, L, tau_u, tau)), 1 / math.sqrt(tau_u))
+        self.v = PackedWeight(
+            np.broadcast_to(live[None, :, None, None], (C, L, tau_u, tau)), 1 / math.sqrt(tau_u)
+        )
         self.x = PackedWeight(np.broadcast_to(live[None, None, :], (C, K, L)), 1 / math.sqrt(C))
         self.bias = nn.Parameter(torch.zeros(K, tau, 2)) if live[0] else None
 

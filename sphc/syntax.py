@@ -88,7 +88,9 @@ def _build(tree: lark.Tree, file: str, source: str) -> ModelAST:
             first = key_tok if key_tok is not None else tok
             span = Span(file, first.line, first.column, tok.end_line, tok.end_column)
             args.append(Arg(key, value, span, _tok_span(file, tok)))
-        layers.append(LayerNode(str(name_tok), tuple(args), _tok_span(file, name_tok), _span(file, node.meta)))
+        layers.append(
+            LayerNode(str(name_tok), tuple(args), _tok_span(file, name_tok), _span(file, node.meta))
+        )
     return ModelAST(tuple(layers), file, source)
 
 

@@ -74,6 +74,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b).clamp_min(1e-300))
 
 
+@torch.no_grad()
 def layer_equivariance_error(
     layer: Callable[[torch.Tensor], torch.Tensor],
     x: torch.Tensor,
