@@ -130,10 +130,10 @@ def _(layer: ir.TensorProduct, info):
     }
 
 
-@_ctor.register
-def _(layer: ir.GenConv, info):
+def _generalized_conv(layer: ir.GenConv | ir.FullGenConv, info: LayerInfo) -> dict[str, object]:
+    """Arguments both generalized convolutions take: input layout, output channels and type."""
     t = info.t_in
-    return "GenConv", {
+    return {
         "C": t.C,
         "K": layer.K,
         "L_in": t.L,
@@ -141,22 +141,17 @@ def _(layer: ir.GenConv, info):
         "cols_in": repr(t.cols[: layer.L]),
         "L": layer.L,
         "tau": layer.tau,
-        "tau_u": layer.tau_u,
     }
+
+
+@_ctor.register
+def _(layer: ir.GenConv, info):
+    return "GenConv", {**_generalized_conv(layer, info), "tau_u": layer.tau_u}
 
 
 @_ctor.register
 def _(layer: ir.FullGenConv, info):
-    t = info.t_in
-    return "FullGenConv", {
-        "C": t.C,
-        "K": layer.K,
-        "L_in": t.L,
-        "width_in": t.width,
-        "cols_in": repr(t.cols[: layer.L]),
-        "L": layer.L,
-        "tau": layer.tau,
-    }
+    return "FullGenConv", _generalized_conv(layer, info)
 
 
 @_ctor.register
