@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from functools import singledispatch
 
 from . import ir
+from .errors import SphcError
 from .layout import Cols, cg_pattern_size, pair_columns, prefix_cols, so3_cols
 from .mixing import mixing_set
 
@@ -102,6 +103,18 @@ class Analysis:
         return sum(x.params for x in self.layers)
 
 
+#: Most fragment pairs one tensor product may multiply; beyond it `sphc check` itself would need
+#: minutes and gigabytes (two tensor products in a row at L=32 need > 20 GB of column pairs).
+MAX_TP_PAIRS = 2_000_000
+
+
+def _pair_count(l1: int, n1: int, l2: int, n2: int, l: int) -> int:
+    """``len(layout.pair_columns(...))`` for n1, n2 columns, without building the list."""
+    if l1 != l2:
+        return n1 * n2
+    return n1 * (n1 - 1) // 2 if l % 2 else n1 * (n1 + 1) // 2
+
+
 def _rows(L: int) -> int:
     return L * L  # Σ_l (2l+1): harmonic coefficients per fragment column
 
@@ -149,8 +162,18 @@ def _(layer: ir.TensorProduct, t: SignalType):
         cols = tuple(tuple(c * t.width + j for c in range(t.C) for j in cl) for cl in t.cols)
         C = 1
     active = [l for l, c in enumerate(cols) if c]
+    sets = mixing_set(layer.mix, active, layer.L)
+    count = sum(
+        _pair_count(l1, len(cols[l1]), l2, len(cols[l2]), l) for l, pairs in sets.items() for l1, l2 in pairs
+    )
+    if count > MAX_TP_PAIRS:
+        raise SphcError(
+            f"this tensor product would multiply {count:,} pairs of fragments (the limit is {MAX_TP_PAIRS:,})",
+            layer.span,
+            hint="lower L, use mix=mst or rmst, or shrink the fragments first (S2Conv N=..., GenConv tau=...)",
+        )
     paths = []
-    for l, pairs in mixing_set(layer.mix, active, layer.L).items():
+    for l, pairs in sets.items():
         for l1, l2 in pairs:
             cp = pair_columns(l1, cols[l1], l2, cols[l2], l)
             if cp:

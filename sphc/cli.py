@@ -51,9 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        text = args.model.read_text()
+        text = args.model.read_text(encoding="utf-8")
     except OSError as e:
         raise SphcError(f"cannot read {args.model}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SphcError(
+            f"cannot read {args.model}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+            hint="save the model as UTF-8",
+        ) from None
     file = str(args.model)
     if args.command == "check":
         a = check_source(text, file)
@@ -66,7 +71,10 @@ def _run(args: argparse.Namespace) -> int:
         if target == "-":
             sys.stdout.write(out)
         else:
-            Path(target).write_text(out)
+            try:
+                Path(target).write_text(out, encoding="utf-8")
+            except OSError as e:
+                raise SphcError(f"cannot write {target}: {e.strerror}") from None
             print(f"wrote {target}", file=sys.stderr)
     return 0
 

@@ -50,9 +50,9 @@ class SphcError(Exception):
         where = f"{self.span}: " if self.span else ""
         out = [f"{where}error: {self.message}"]
         if self.span and self.source is not None:
-            lines = self.source.splitlines()
+            lines = self.source.split("\n")  # lark counts lines by "\n" only, not str.splitlines()
             if 1 <= self.span.line <= len(lines):
-                text = lines[self.span.line - 1].replace("\t", " ")
+                text = lines[self.span.line - 1].rstrip("\r").replace("\t", " ")
                 width = 1
                 if self.span.end_line == self.span.line and self.span.end_col:
                     width = max(1, self.span.end_col - self.span.col)

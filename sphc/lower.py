@@ -10,6 +10,7 @@ turns checked arguments plus the incoming signal shape into an IR node, raising 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -28,7 +29,7 @@ class Param:
     doc: str
     default: object = None
     minimum: float | None = None
-    maximum: float | None = None  # exclusive upper bound for floats
+    maximum: float | None = None  # exclusive upper bound
 
 
 @dataclass(frozen=True)
@@ -42,8 +43,17 @@ def _words(enum: type[Enum]) -> tuple[str, ...]:
     return tuple(e.value for e in enum)
 
 
+#: Largest bandlimit the language accepts (analysis and CG tables grow like L^3 and worse).
+MAX_L = 256
+
 _C = Param("C", int, "output channels (default: input channels)", minimum=1)
-_L = Param("L", int, "output bandlimit, degrees 0..L-1 (default: input L; may not grow)", minimum=1)
+_L = Param(
+    "L",
+    int,
+    "output bandlimit, degrees 0..L-1 (default: input L; may not grow)",
+    minimum=1,
+    maximum=MAX_L + 1,
+)
 _N = Param("N", int, "azimuthal bandlimit of the SO(3) output, 1 <= N <= L (default: L)", minimum=1)
 _K = Param("K", int, "output channels (default: input channels)", minimum=1)
 
@@ -51,7 +61,7 @@ LAYERS: dict[str, LayerSpec] = {
     "Input": LayerSpec(
         (
             Param("domain", ("s2",), "signal domain of the MW-sampled input", default="s2"),
-            Param("L", int, "input bandlimit; samples are L x (2L-1)", minimum=1),
+            Param("L", int, "input bandlimit; samples are L x (2L-1)", minimum=1, maximum=MAX_L + 1),
             Param("C", int, "input channels", default=1, minimum=1),
         ),
         ("domain",),
@@ -150,8 +160,14 @@ def _check_value(p: Param, arg: Arg) -> object:
     if p.kind is int and not isinstance(v, int) or p.kind is float and isinstance(v, str):
         what = "an integer" if p.kind is int else "a number"
         raise SphcError(f"{p.name} must be {what}, got {v!r}", span, hint=f"{p.name}: {p.doc}")
-    if p.minimum is not None and v < p.minimum or p.maximum is not None and v >= p.maximum:
-        bound = f">= {p.minimum:g}" + (f" and < {p.maximum:g}" if p.maximum is not None else "")
+    if p.kind is float and not math.isfinite(v):  # 1e400 is inf; it must never reach the generated file
+        raise SphcError(f"{p.name} must be a finite number, got {v}", span, hint=f"{p.name}: {p.doc}")
+    too_small = p.minimum is not None and v < p.minimum
+    if too_small or p.maximum is not None and v >= p.maximum:
+        if p.kind is int:  # integers: name the side that was crossed
+            bound = f">= {p.minimum:g}" if too_small else f"<= {p.maximum - 1:g}"
+        else:
+            bound = f">= {p.minimum:g}" + (f" and < {p.maximum:g}" if p.maximum is not None else "")
         raise SphcError(f"{p.name} must be {bound}, got {v}", span, hint=f"{p.name}: {p.doc}")
     return float(v) if p.kind is float else v
 
@@ -177,7 +193,7 @@ def _bind(node: LayerNode) -> tuple[LayerSpec, dict[str, object], dict[str, Span
                     arg.span,
                     hint="name it: " + " ".join(f"{p.name}=..." for p in spec.params)
                     if spec.params
-                    else None,
+                    else f"`{node.name}` takes no arguments",
                 )
             key = positional.pop(0)
         else:
@@ -192,7 +208,12 @@ def _bind(node: LayerNode) -> tuple[LayerSpec, dict[str, object], dict[str, Span
             if key in positional:
                 positional.remove(key)
         if key in values:
-            raise SphcError(f"parameter `{key}` given twice", arg.span)
+            first = spans[key]
+            raise SphcError(
+                f"parameter `{key}` given twice",
+                arg.span,
+                hint=f"`{key}` is already set at line {first.line}, col {first.col}; keep one of them",
+            )
         values[key] = _check_value(by_name[key], arg)
         spans[key] = arg.value_span
     for p in spec.params:
@@ -216,9 +237,10 @@ _HARMONIC = (ir.Domain.S2, ir.Domain.SO3, ir.Domain.GENERALIZED)
 
 def _need(node: LayerNode, shape: _Shape, domains: tuple[ir.Domain, ...], hint: str) -> None:
     if shape.domain not in domains:
-        want = " or ".join(d.value for d in domains)
+        names = [d.value for d in domains]
+        want = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
         raise SphcError(
-            f"`{node.name}` needs a {want} signal, but the previous layer gives a {shape.domain.value} signal",
+            f"`{node.name}` takes a {want} signal, but its input is a {shape.domain.value} signal",
             node.span,
             hint=hint,
         )
@@ -305,6 +327,10 @@ def _invariant(node, vals, spans, shape):
 
 def _dense(node, vals, spans, shape):
     _need(node, shape, (ir.Domain.FEATURES,), "put `Invariant` before the first Dense layer")
+    if vals["n"] is None:
+        raise SphcError(
+            "`Dense` needs the number of output features", node.span, hint="e.g. `Dense 10` or `Dense n=10`"
+        )
     layer = ir.Dense(vals["n"], ir.Activation(vals["act"]), vals["dropout"], node.full_span)
     return [layer], _Shape(ir.Domain.FEATURES, features=vals["n"])
 
@@ -332,7 +358,8 @@ def _input(ast: ModelAST) -> tuple[ir.Input, tuple[LayerNode, ...]]:
             raise SphcError("`Input` needs a bandlimit L=...", first.span, hint="e.g. `Input s2 L=32 C=1`")
         return ir.Input(ir.Domain(vals["domain"]), vals["L"], vals["C"], span=first.full_span), ast.layers[1:]
     # No header: one S² channel at the bandlimit the first layer names (the sketch's defaults).
-    L = next((a.value for a in first.args if a.key == "L" and isinstance(a.value, int)), None)
+    _, vals, _ = _bind(first)  # a bad value of the first layer (L=2.5, L=0) is reported as such
+    L = vals.get("L")
     if L is None:
         raise SphcError(
             "cannot tell the input bandlimit",
@@ -350,7 +377,11 @@ def lower(ast: ModelAST) -> ir.Model:
         layers: list[ir.Layer] = []
         for node in nodes:
             if node.name == "Input":
-                raise SphcError("`Input` can only be the first layer", node.span)
+                raise SphcError(
+                    "`Input` can only be the first layer",
+                    node.span,
+                    hint="a model has one input; declare it once, at the start of the chain",
+                )
             _, vals, spans = _bind(node)
             new, shape = _BUILD[node.name](node, vals, spans, shape)
             layers.extend(new)

@@ -22,7 +22,10 @@ def check_source(text: str, file: str = "<string>") -> analysis.Analysis:
     """Parse, lower and analyse; raises ``SphcError`` on any mistake. Writes nothing."""
     ast = syntax.parse(text, file)  # text → AST with spans
     model = lower.lower(ast)  # AST → IR: names, defaults and shapes checked
-    return analysis.analyze(model)  # IR → types, paths and costs
+    try:
+        return analysis.analyze(model)  # IR → types, paths and costs (and size limits)
+    except SphcError as e:
+        raise e.with_source(text) from None
 
 
 def compile_source(text: str, file: str = "<string>", emit: str = "python") -> str:
@@ -48,9 +51,14 @@ def _read(path_or_text: str | Path) -> tuple[str, str]:
         "\n" not in str(path_or_text) and str(path_or_text).endswith(".sph")
     ):
         path = Path(path_or_text)
-        if not path.is_file():
-            raise SphcError(f"no such model file: {path}")
-        return path.read_text(), str(path)
+        try:
+            return path.read_text(encoding="utf-8"), str(path)
+        except OSError as e:
+            raise SphcError(f"cannot read model file {path}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise SphcError(
+                f"cannot read model file {path}: not UTF-8 text (offset {e.start})", hint="save it as UTF-8"
+            ) from None
     return str(path_or_text), "<string>"
 
 

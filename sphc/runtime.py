@@ -112,7 +112,8 @@ class InputSHT(nn.Module):
             )
         if x.dtype != self.precision.dtype:
             raise SphcError(
-                f"model input is {x.dtype} but the model computes in {self.precision.dtype}",
+                f"model input is {x.dtype} but the model computes in {self.precision.dtype}: pass real "
+                f"{self.precision.dtype} samples of shape (batch, {expect[0]}, {expect[1]}, {expect[2]})",
                 Span(*self.where) if self.where else None,
                 hint="pass real samples of the model's dtype, or convert the model with .double() / .float()",
             )

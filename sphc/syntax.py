@@ -111,21 +111,19 @@ def parse(source: str, file: str = "<string>") -> ModelAST:
             hint="layers look like `Name key=value ...` and are joined by `->`; `#` starts a comment",
             source=source,
         ) from None
-    except lark.UnexpectedEOF as e:
-        lines = source.splitlines() or [""]
-        line, col = len(lines), len(lines[-1]) + 1
-        raise SphcError(
-            f"unexpected end of file; expected {_expected(e.expected)}",
-            Span(file, line, col),
-            hint="a `->` must be followed by a layer",
-            source=source,
-        ) from None
     except lark.UnexpectedToken as e:
         tok = e.token
         if tok.type == "$END":
-            lines = source.splitlines() or [""]
+            lines = source.rstrip("\r\n").split("\n")  # lark counts lines by "\n" only
             span = Span(file, len(lines), len(lines[-1]) + 1)
             what = "end of file"
+            if source.rstrip().endswith("->"):
+                raise SphcError(
+                    "unexpected end of file after `->`; expected a layer",
+                    span,
+                    hint="a `->` must be followed by a layer, e.g. `-> Invariant`",
+                    source=source,
+                ) from None
         else:
             span = _tok_span(file, tok)
             what = repr(str(tok))
