@@ -23,11 +23,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import cache, lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
-import sympy
 
 from sphc.cache import load_or_compute
+
+if TYPE_CHECKING:
+    import sympy
 
 #: Part of the disk-cache key of ``cg_values``; bump whenever the values it returns could change.
 CG_ENGINE_VERSION = 1
@@ -158,6 +161,8 @@ def cg_pattern(l1: int, l2: int, l: int) -> tuple[np.ndarray, np.ndarray, np.nda
 
 def cg_exact(l1: int, m1: int, l2: int, m2: int, l: int, m: int) -> sympy.Expr:
     """The engine's exact C^{lm}_{l1 m1, l2 m2} as ``sign * sqrt(Rational)``, for checks against sympy."""
+    import sympy  # only exact checks need it: a top-level import costs ~0.2 s per compile / model import
+
     if min(l1, l2, l) < 0:
         raise ValueError(f"degrees must be >= 0, got (l1, l2, l) = {(l1, l2, l)}")
     in_range = abs(m1) <= l1 and abs(m2) <= l2 and abs(m) <= l and abs(l1 - l2) <= l <= l1 + l2

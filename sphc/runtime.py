@@ -174,7 +174,11 @@ class TensorProduct(nn.Module):
 
     For every path (l1, l2, l), column pair (i, j) and CG entry with m = m1 + m2:
     ``out[l, m, col(path, i, j)] += C^{lm}_{l1 m1, l2 m2} x[l1, m1, i] x[l2, m2, j]``.
-    All terms of the layer are one gather–multiply–scatter: index tables are built once here.
+    A product x[l1, m1, i] x[l2, m2, j] recurs for every output degree l that the mixing set pairs
+    (l1, l2) with, so each distinct product is formed once, and the CG sums are one sparse matrix
+    (rows: output entries, columns: products) times the products. Batch and channels are moved
+    to the last axis first, so every gather copies whole contiguous rows. Index tables and the
+    sparse matrix pattern are built once here.
     With ``cross`` the channels are merged first, so fragments of different channels multiply.
     """
 
@@ -192,10 +196,18 @@ class TensorProduct(nn.Module):
         super().__init__()
         self.L, self.width, self.cross = L, width, cross
         src1, src2, dst, coef = self._terms(L_in, width_in * (C if cross else 1), L, width, paths, cg)
-        self.register_buffer("src1", torch.from_numpy(src1), persistent=False)
-        self.register_buffer("src2", torch.from_numpy(src2), persistent=False)
-        self.register_buffer("dst", torch.from_numpy(dst), persistent=False)
-        self.register_buffer("coef", torch.from_numpy(coef), persistent=False)
+        # distinct products (src1, src2), as one int64 key each; term k reads product inv[k]
+        n_in = L_in * (2 * L_in - 1) * width_in * (C if cross else 1)
+        keys, inv = np.unique(src1 * n_in + src2, return_inverse=True)
+        inv = inv.reshape(-1)
+        # coalesced COO: rows ascending, then columns ((dst, inv) pairs are unique)
+        order = np.argsort(dst * max(len(keys), 1) + inv, kind="stable")
+        self.n_out = L * (2 * L - 1) * width
+        self.register_buffer("src1", torch.from_numpy(keys // n_in), persistent=False)
+        self.register_buffer("src2", torch.from_numpy(keys % n_in), persistent=False)
+        rows_cols = np.stack([dst[order], inv[order]]).astype(np.int64)
+        self.register_buffer("cg_index", torch.from_numpy(rows_cols), persistent=False)
+        self.register_buffer("coef", torch.from_numpy(coef[order]), persistent=False)
 
     @staticmethod
     def _terms(L_in, T_in, L, T, paths, cg):
@@ -228,10 +240,21 @@ class TensorProduct(nn.Module):
         if self.cross:  # column c*T + t of one merged channel
             x = x.permute(0, 2, 3, 1, 4).reshape(B, 1, L_in, M_in, C * T)
             C = 1
-        flat = x.reshape(B, C, -1)
-        terms = flat[..., self.src1] * flat[..., self.src2] * self.coef.to(x.real.dtype)
-        out = flat.new_zeros(B, C, self.L * (2 * self.L - 1) * self.width)
-        return out.index_add(-1, self.dst, terms).view(B, C, self.L, 2 * self.L - 1, self.width)
+        shape = (B, C, self.L, 2 * self.L - 1, self.width)
+        if not len(self.src1):
+            return x.new_zeros(shape)
+        rows = x.reshape(B * C, -1).t().contiguous()  # (input entries, B*C)
+        prod = rows.index_select(0, self.src1) * rows.index_select(0, self.src2)
+        prod = torch.view_as_real(prod).reshape(len(self.src1), 2 * B * C)  # real: the CG values are real
+        cg = torch.sparse_coo_tensor(
+            self.cg_index,
+            self.coef.to(prod.dtype),
+            (self.n_out, len(self.src1)),
+            is_coalesced=True,
+            check_invariants=False,
+        )
+        out = torch.view_as_complex(torch.sparse.mm(cg, prod).view(self.n_out, B * C, 2))
+        return out.t().reshape(shape)
 
 
 def _fan_std(fan: np.ndarray) -> np.ndarray:

@@ -1,0 +1,138 @@
+"""Shared helpers for the benchmarks: fresh-subprocess runs, medians, tables, machine description.
+
+Benchmarks are run as scripts (``python benchmarks/bench_*.py``); this file sits next to them and is
+imported as a plain module. Nothing here imports torch or sphc at module level, so a parent process
+that only launches children stays light.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs)
+
+
+def time_call(fn: Callable[[], object], repeats: int, warmup: int = 1) -> list[float]:
+    """Wall-clock seconds of ``repeats`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def run_child(
+    code: str,
+    argv: Sequence[str] = (),
+    env: dict[str, str] | None = None,
+    flags: Sequence[str] = (),
+) -> tuple[float, dict]:
+    """Run ``code`` in a fresh interpreter: ``python FLAGS -c CODE ARGV`` (cwd = repo root, on sys.path).
+
+    The child must print one JSON object as its last stdout line. Returns (parent-measured wall
+    seconds including interpreter start-up, the parsed JSON). Raises RuntimeError with the child's
+    stderr on failure.
+    """
+    full_env = dict(os.environ)
+    full_env["PYTHONPATH"] = str(REPO) + os.pathsep + full_env.get("PYTHONPATH", "")
+    full_env.update(env or {})
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [PYTHON, *flags, "-c", textwrap.dedent(code), *argv],
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+    )
+    wall = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed (rc={proc.returncode}):\n{proc.stderr[-4000:]}")
+    lines = [x for x in proc.stdout.splitlines() if x.strip()]
+    return wall, json.loads(lines[-1])
+
+
+def fmt_s(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x < 0:  # a difference of two noisy medians can come out negative
+        return "-" + fmt_s(-x)
+    if x >= 100:
+        return f"{x:.0f} s"
+    if x >= 1:
+        return f"{x:.2f} s"
+    if x >= 1e-3:
+        return f"{x * 1e3:.1f} ms"
+    return f"{x * 1e6:.1f} µs"
+
+
+def fmt_mib(nbytes: float | None) -> str:
+    return "-" if nbytes is None else f"{nbytes / 2**20:.1f} MiB"
+
+
+def table(head: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None) -> str:
+    """A GitHub-markdown table (also readable as plain text)."""
+    cells = [[str(c) for c in head]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(head))]
+
+    def line(r: Sequence[str]) -> str:
+        return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths)) + " |"
+
+    out = [line(cells[0]), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    out += [line(r) for r in cells[1:]]
+    if title:
+        out.insert(0, f"\n### {title}\n")
+    return "\n".join(out)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine() -> str:
+    """One paragraph describing where the numbers come from."""
+    try:
+        import torch
+
+        tv = f"torch {torch.__version__} ({torch.get_num_threads()} intra-op threads)"
+    except ImportError:  # pragma: no cover
+        tv = "torch not importable"
+    try:
+        import numpy
+
+        nv = f"numpy {numpy.__version__}"
+    except ImportError:  # pragma: no cover
+        nv = "numpy ?"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return (
+        f"CPU: {cpu_model()}, {cores} usable cores; {platform.system()} {platform.release()}; "
+        f"Python {platform.python_version()}; {tv}; {nv}; "
+        f"run {datetime.datetime.now().isoformat(timespec='seconds')}"
+    )
+
+
+def verdict(value: float, target: float) -> str:
+    return "PASS" if value <= target else "FAIL"
