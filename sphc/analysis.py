@@ -134,7 +134,7 @@ def _(layer: ir.S2Conv, t: SignalType):
     out = so3_type(layer.L, layer.C, layer.N)
     per = sum(out.tau)
     macs = t.C * layer.C * sum((2 * l + 1) * k for l, k in enumerate(out.tau))
-    return out, 2 * t.C * layer.C * per, macs, (), 0
+    return out, t.C * layer.C * per, macs, (), 0  # real filters: one real number per (l, n)
 
 
 @analyze_layer.register
@@ -142,7 +142,7 @@ def _(layer: ir.SO3Conv, t: SignalType):
     out = so3_type(layer.L, layer.C, layer.N)
     per = sum(a * b for a, b in zip(t.tau, out.tau))
     macs = t.C * layer.C * sum((2 * l + 1) * a * b for l, (a, b) in enumerate(zip(t.tau, out.tau)))
-    return out, 2 * t.C * layer.C * per, macs, (), 0
+    return out, t.C * layer.C * per, macs, (), 0  # real filters: one real number per (l, n, n')
 
 
 @analyze_layer.register

@@ -51,32 +51,67 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
 
 
 class PackedWeight(nn.Module):
-    """A complex (or real) weight of a given padded shape of which only ``mask`` entries exist.
+    """A complex (or real) weight of a padded shape of which only the ``mask`` entries exist.
 
-    Only the existing entries are parameters; ``forward()`` scatters them into the padded tensor.
-    Initialised as complex normal with standard deviation ``std`` (broadcast against the mask).
+    Only free entries are parameters (so ``numel`` counts exactly what is learned); ``forward()``
+    gathers them into the padded tensor. ``real_axes`` names axes indexed by a centred n (the
+    SO(3) column axes): the weight is then constrained to W[-n] = (-1)^(Σn) conj(W[n]), which is
+    what a *real* filter's harmonic coefficients satisfy (PAPER.md §2.3), so real S² / SO(3)
+    signals stay real and pointwise activations on their samples are well defined. Each mirror
+    pair then stores one complex number and a self-mirrored entry (all n = 0) one real number.
+    Initialised normal with standard deviation ``std`` (broadcast against the mask).
     """
 
-    def __init__(self, mask: np.ndarray, std: np.ndarray | float, complex_: bool = True):
+    def __init__(
+        self,
+        mask: np.ndarray,
+        std: np.ndarray | float,
+        complex_: bool = True,
+        real_axes: tuple[int, ...] = (),
+    ):
         super().__init__()
-        self.shape = tuple(mask.shape)
-        self.complex = complex_
-        flat = np.flatnonzero(mask.reshape(-1))
-        self.register_buffer("index", torch.from_numpy(flat), persistent=False)
-        scale = torch.from_numpy(np.broadcast_to(std, mask.shape).reshape(-1)[flat].astype(np.float32))
-        if complex_:
-            w = torch.randn(len(flat), 2) * (scale / math.sqrt(2))[:, None]
-        else:
-            w = torch.randn(len(flat)) * scale
-        self.weight = nn.Parameter(w)
+        self.shape, self.complex = tuple(mask.shape), complex_
+        valid = mask.reshape(-1)
+        idx = np.arange(valid.size)
+        mirror, sign = idx, np.ones(valid.size)
+        if real_axes:
+            coords = np.indices(mask.shape)
+            flipped = coords.copy()
+            for a in real_axes:
+                flipped[a] = mask.shape[a] - 1 - coords[a]
+            mirror = np.ravel_multi_index(tuple(flipped), mask.shape).reshape(-1)
+            nsum = sum(coords[a] - (mask.shape[a] - 1) // 2 for a in real_axes).reshape(-1)
+            sign = np.where(nsum % 2, -1.0, 1.0)
+        owner = valid & (idx <= mirror)  # entries that carry parameters
+        has_imag = owner & (idx < mirror) if real_axes else owner
+        if not complex_:
+            has_imag = np.zeros_like(owner)
+        # parameter slots: 1 + position in the flat parameter vector (slot 0 holds a zero)
+        n_re, n_im = int(owner.sum()), int(has_imag.sum())
+        re_slot = np.zeros(valid.size, dtype=np.int64)
+        im_slot = np.zeros(valid.size, dtype=np.int64)
+        re_slot[owner] = 1 + np.arange(n_re)
+        im_slot[has_imag] = 1 + n_re + np.arange(n_im)
+        re_coef = owner.astype(np.float64)
+        im_coef = has_imag.astype(np.float64)
+        copy = valid & ~owner  # determined by their mirror: W = sign * conj(W_mirror)
+        re_slot[copy], re_coef[copy] = re_slot[mirror[copy]], sign[copy]
+        im_slot[copy], im_coef[copy] = im_slot[mirror[copy]], -sign[copy]
+        for name, value in (("re_slot", re_slot), ("im_slot", im_slot)):
+            self.register_buffer(name, torch.from_numpy(value), persistent=False)
+        for name, value in (("re_coef", re_coef), ("im_coef", im_coef)):
+            self.register_buffer(name, torch.from_numpy(value).float(), persistent=False)
+        std = np.broadcast_to(std, mask.shape).reshape(-1)
+        scale = np.concatenate([std[owner], std[has_imag]]) / (math.sqrt(2) if complex_ else 1.0)
+        self.weight = nn.Parameter(torch.randn(n_re + n_im) * torch.from_numpy(scale).float())
 
     def forward(self) -> torch.Tensor:
-        w = self.weight
-        numel = math.prod(self.shape)
-        if self.complex:
-            full = w.new_zeros(numel, 2).index_copy(0, self.index, w)
-            return torch.view_as_complex(full).view(self.shape)
-        return w.new_zeros(numel).index_copy(0, self.index, w).view(self.shape)
+        theta = torch.cat([self.weight.new_zeros(1), self.weight])
+        re = theta[self.re_slot] * self.re_coef.to(theta.dtype)
+        if not self.complex:
+            return re.view(self.shape)
+        im = theta[self.im_slot] * self.im_coef.to(theta.dtype)
+        return torch.complex(re, im).view(self.shape)
 
 
 def _truncate(x: torch.Tensor, L: int) -> torch.Tensor:
@@ -123,22 +158,26 @@ class InputSHT(nn.Module):
 class S2Conv(nn.Module):
     """S² → SO(3): y^l_{m,n} = f_lm W^l_{c,k,n} summed over input channels (PAPER.md §3.2).
 
-    ``W^l_n`` stands for 8π²/(2l+1) conj(ψ_ln) of a learned filter ψ; learning W directly is the
-    same family of maps without the constant.
+    ``W^l_n`` stands for 8π²/(2l+1) conj(ψ_ln) of a learned *real* filter ψ on the sphere (learning W
+    directly is the same family of maps without the constant), so a real input gives a real SO(3)
+    signal whose samples a pointwise activation can act on.
     """
 
     def __init__(self, C_in: int, C: int, L_in: int, L: int, N: int):
         super().__init__()
         self.L = L
         mask = np.broadcast_to(_col_mask(layout.so3_cols(L, N), 2 * N - 1), (C_in, C, L, 2 * N - 1))
-        self.w = PackedWeight(mask, 1 / math.sqrt(C_in))
+        self.w = PackedWeight(mask, 1 / math.sqrt(C_in), real_axes=(3,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bclm,cklt->bklmt", _truncate(x, self.L)[..., 0], self.w())
 
 
 class SO3Conv(nn.Module):
-    """SO(3) → SO(3): y^l_{m,n} = Σ_{c,n'} f^l_{c,m,n'} W^l_{c,k,n,n'} (W = conj ψ, PAPER.md §3.2)."""
+    """SO(3) → SO(3): y^l_{m,n} = Σ_{c,n'} f^l_{c,m,n'} W^l_{c,k,n,n'} (W = conj ψ, PAPER.md §3.2).
+
+    ψ is a real filter on SO(3), so real signals stay real (see ``PackedWeight``).
+    """
 
     def __init__(self, C_in: int, C: int, L_in: int, N_in: int, L: int, N: int):
         super().__init__()
@@ -147,7 +186,7 @@ class SO3Conv(nn.Module):
         inp = _col_mask(layout.so3_cols(L, N_in), 2 * N_in - 1)
         mask = np.broadcast_to(out[:, :, None] & inp[:, None, :], (C_in, C, L, 2 * N - 1, 2 * N_in - 1))
         fan_in = C_in * inp.sum(1)[:, None, None]
-        self.w = PackedWeight(mask, 1 / np.sqrt(np.maximum(fan_in, 1)))
+        self.w = PackedWeight(mask, 1 / np.sqrt(np.maximum(fan_in, 1)), real_axes=(3, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bclms,cklts->bklmt", _truncate(x, self.L), self.w())

@@ -22,13 +22,14 @@ samples, bandlimited or not.  Tables cost O(L^3) memory and are cached per L (nu
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import numbers
 
 import numpy as np
 import torch
 
-from sphc.wigner import half_pi_d
+from sphc.wigner import half_pi_d, wigner_d
 
 _REAL_OF = {
     torch.float32: torch.float32,
@@ -158,29 +159,41 @@ def _check_L(fn: str, L: int) -> None:
         raise ValueError(f"{fn}: L must be an integer >= 1, got {L!r}")
 
 
-def _check_tensor(fn: str, x: torch.Tensor, what: str, shape: str, L: int, layout: str, ok: bool) -> None:
+def _check_tensor(
+    fn: str, x: torch.Tensor, what: str, shape: str, params: str, layout: str, ok: bool
+) -> None:
     """Type, trailing shape and finiteness checks, with messages that name the expected shape."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{fn}: expected {what} as a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _REAL_OF:
         raise TypeError(f"{fn}: {what} must be float32/float64/complex64/complex128, got {x.dtype}")
     if not ok:
-        raise ValueError(f"{fn}: expected {what} of shape {shape} for L={L} ({layout}), got {tuple(x.shape)}")
+        raise ValueError(
+            f"{fn}: expected {what} of shape {shape} for {params} ({layout}), got {tuple(x.shape)}"
+        )
     tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-    if not tracing and not bool(torch.isfinite(x).all()):
+    if not tracing and not _all_finite(x):
         raise ValueError(f"{fn}: {what} contain NaN or Inf")
+
+
+def _all_finite(x: torch.Tensor) -> bool:
+    """One reduction pass: min and max propagate NaN, and are infinite iff some entry is."""
+    if x.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(torch.view_as_real(x) if x.is_complex() else x)
+    return bool(torch.isfinite(lo) & torch.isfinite(hi))
 
 
 def _check_grid(fn: str, x: torch.Tensor, L: int, what: str, layout: str) -> None:
     _check_L(fn, L)
     ok = isinstance(x, torch.Tensor) and x.ndim >= 2 and tuple(x.shape[-2:]) == (L, 2 * L - 1)
-    _check_tensor(fn, x, what, f"(..., {L}, {2 * L - 1})", L, layout, ok)
+    _check_tensor(fn, x, what, f"(..., {L}, {2 * L - 1})", f"L={L}", layout, ok)
 
 
 def _check_flat(fn: str, x: torch.Tensor, L: int) -> None:
     _check_L(fn, L)
     ok = isinstance(x, torch.Tensor) and x.ndim >= 1 and x.shape[-1] == L * L
-    _check_tensor(fn, x, "coefficients", f"(..., {L * L})", L, "1-D layout l^2+l+m, length L*L", ok)
+    _check_tensor(fn, x, "coefficients", f"(..., {L * L})", f"L={L}", "1-D layout l^2+l+m, length L*L", ok)
 
 
 _MW_GRID = "MW grid: L x (2L-1)"
@@ -262,3 +275,363 @@ def s2_inverse(flm: torch.Tensor, L: int, real: bool = False) -> torch.Tensor:
     """Coefficients (..., L*L) in pyssht's layout -> samples (..., L, 2L-1); see ``s2_inverse_2d``."""
     _check_flat("s2_inverse", flm, L)
     return _inverse_2d(_to_2d(flm, L), L, real)
+
+
+# ===================================================================================== SO(3)
+#
+# Forward: f^l_{mn} = sum_t' d^l_{mn}(beta_t') (Q_{m+n} F_{nm})(beta_t'), F_{nm}(beta_t) the gamma/alpha FFT
+# of the samples.  Inverse: F_{nm}(beta_t) = sum_l (2l+1)/(8 pi^2) d^l_{mn}(beta_t) f^l_{mn}, then an
+# unnormalised inverse FFT.  One table of d values serves both directions; Q (two L x L matrices) is
+# the MW beta quadrature.  Because d^l_{-n,-m} = d^l_{mn} and d^l_{nm} = d^l_{-m,-n} = (-1)^{m+n} d^l_{mn},
+# one stored (t, l) matrix serves an orbit of up to four (n, m) columns, and each lmin = max(|m|, |n|)
+# bucket stores only degrees l >= its first lmin: about an eighth of the dense d^l_{mn}(beta_t).
+#
+# Data layout inside the beta step: "slots" (n, m columns grouped by orbit, in table order) x (batch,
+# re/im) x (t or l), real, so every contraction is a plain batched matmul against a real table.  The
+# gather from the FFT output and the scatter into the result are single advanced-indexing passes; the
+# FFT shifts are folded into their indices.
+
+_SO3_BUCKETS = 4  # number of lmin buckets (one batched matmul each per parity and orbit size)
+
+
+@dataclasses.dataclass(frozen=True)
+class _SO3Path:
+    """Slot bookkeeping for one set of (n, m) columns: all of them ("full") or n >= 0 ("half").
+
+    Slots are sorted by parity of m+n (the first ``n_even`` are even), then bucket and orbit size.  A
+    block is a run of orbits sharing parity, bucket and slot count, which one bmm handles:
+    (bucket, c0, c1, slots per orbit, first slot, parity).
+    """
+
+    blocks: tuple[tuple[int, int, int, int, int, int], ...]
+    n_even: int
+    target: np.ndarray  # (2, slots): [N-1+n (full) or n (half), L-1+m]
+    natural: np.ndarray  # (2, slots): the same column in FFT order [n mod 2N-1, m mod 2L-1]
+    nm: np.ndarray  # (2, slots): the column's (n, m)
+    sign: np.ndarray  # (slots,): d^l_{mn} = sign * stored entry
+
+
+@dataclasses.dataclass(frozen=True)
+class _SO3Plan:
+    L: int
+    N: int
+    l0: tuple[int, ...]  # first stored degree of each bucket
+    pairs: tuple[np.ndarray, ...]  # (m, n) whose d values each bucket stores, shape (C_b, 2)
+    full: _SO3Path
+    half: _SO3Path
+
+
+def _bucket_starts(counts: np.ndarray, k_max: int) -> list[int]:
+    """Split lmin = 0..L-1 into <= k_max runs minimising sum(count * (L - run start)) (a small DP)."""
+    L = len(counts)
+    prefix = np.concatenate([[0], np.cumsum(counts)])
+    k_max = min(k_max, L)
+    best = np.full((k_max + 1, L + 1), np.inf)
+    arg = np.zeros((k_max + 1, L + 1), dtype=int)
+    best[0, 0] = 0.0
+    for k in range(1, k_max + 1):
+        for j in range(1, L + 1):
+            costs = [best[k - 1, i] + (L - i) * (prefix[j] - prefix[i]) for i in range(j)]
+            arg[k, j] = int(np.argmin(costs))
+            best[k, j] = costs[arg[k, j]]
+    starts, j = [], L
+    for k in range(k_max, 0, -1):
+        starts.append(arg[k, j])
+        j = arg[k, j]
+    return sorted(set(starts))
+
+
+def _so3_path(L: int, N: int, orbits: list, half: bool) -> _SO3Path:
+    blocks: list[list[int]] = []
+    cols: list[tuple[int, int, int]] = []
+    for parity, bucket, c, members in orbits:
+        chosen = [mem for mem in members if mem[0] >= 0 or not half]
+        last = blocks[-1] if blocks else None
+        if last and (last[0], last[3], last[5]) == (bucket, len(chosen), parity) and last[2] == c:
+            last[2] = c + 1
+        else:
+            blocks.append([bucket, c, c + 1, len(chosen), len(cols), parity])
+        cols.extend(chosen)
+    n, m, sign = (np.array(v, dtype=np.int64) for v in zip(*cols))
+    n_cols = (N if half else 2 * N - 1) * (2 * L - 1)
+    assert len(set(zip(n.tolist(), m.tolist()))) == len(cols) == n_cols
+    return _SO3Path(
+        blocks=tuple(tuple(b) for b in blocks),
+        n_even=int(((n + m) % 2 == 0).sum()),
+        target=np.stack([n if half else N - 1 + n, L - 1 + m]),
+        natural=np.stack([n % (2 * N - 1), m % (2 * L - 1)]),
+        nm=np.stack([n, m]),
+        sign=sign.astype(np.float64),
+    )
+
+
+@functools.lru_cache(maxsize=16)
+def _so3_plan(L: int, N: int) -> _SO3Plan:
+    """Orbits of the (n, m) columns under d^l_{mn} = d^l_{-n,-m} = (-1)^{m+n} d^l_{nm}, their lmin
+    buckets and the slot layout of both paths (complex signals: all columns; real: n >= 0)."""
+    seen: set[tuple[int, int]] = set()
+    raw = []
+    for n in range(-(N - 1), N):
+        for m in range(-(L - 1), L):
+            if (n, m) in seen:
+                continue
+            alt = 1 - 2 * ((m + n) % 2)
+            # members (n', m', sign) with d^l_{m'n'} = sign * d^l_{mn}; the swap needs |m| < N
+            cand = [(n, m, 1), (-n, -m, alt)] + ([(m, n, alt), (-m, -n, 1)] if abs(m) < N else [])
+            members = []
+            for mem in cand:
+                if mem[:2] not in seen:
+                    seen.add(mem[:2])
+                    members.append(mem)
+            s_half = sum(1 for mem in members if mem[0] >= 0)
+            raw.append(((m + n) % 2, max(abs(m), abs(n)), len(members), s_half, (m, n), members))
+    counts = np.bincount([r[1] for r in raw], minlength=L)
+    starts = _bucket_starts(counts, _SO3_BUCKETS)
+    bucket_of = np.searchsorted(starts, np.arange(L), side="right") - 1
+    raw.sort(key=lambda r: (r[0], bucket_of[r[1]], r[2], r[3], r[1], r[4]))
+    pairs: list[list[tuple[int, int]]] = [[] for _ in starts]
+    orbits = []
+    for parity, lmin, _, _, rep, members in raw:
+        b = int(bucket_of[lmin])
+        orbits.append((parity, b, len(pairs[b]), members))
+        pairs[b].append(rep)
+    return _SO3Plan(
+        L=L,
+        N=N,
+        l0=tuple(int(s) for s in starts),
+        pairs=tuple(np.array(p, dtype=np.int64).reshape(-1, 2) for p in pairs),
+        full=_so3_path(L, N, orbits, half=False),
+        half=_so3_path(L, N, orbits, half=True),
+    )
+
+
+def _so3_d_tables(plan: _SO3Plan) -> list[np.ndarray]:
+    """Per bucket b: D_b[c, t, l - l0_b] = d^l_{m_c n_c}(beta_t), float64 (C_b, L, L - l0_b)."""
+    L = plan.L
+    tables = [np.zeros((len(p), L, L - l0)) for p, l0 in zip(plan.pairs, plan.l0)]
+    for t, beta in enumerate(mw_thetas(L)):
+        d = wigner_d(L, float(beta))  # [l, L-1+m, L-1+n]
+        for table, p, l0 in zip(tables, plan.pairs, plan.l0):
+            table[:, t, :] = d[l0:, L - 1 + p[:, 0], L - 1 + p[:, 1]].T
+    return tables
+
+
+@functools.lru_cache(maxsize=4)
+def so3_quadrature(L: int) -> np.ndarray:
+    """Q[p, t', t], float64 (2, L, L), read-only: the MW beta quadrature for columns with m+n = p mod 2.
+
+    int_0^pi F(beta) g(beta) sin(beta) dbeta = sum_{t',t} g(beta_t') Q[p, t', t] F(beta_t), for F sampled on
+    the MW grid and extended to the circle by F(2pi - beta) = (-1)^p F(beta) (the pole ring once), as the
+    MW forward transforms do (PAPER.md §5.1, §5.2), and any trigonometric polynomial g of degree < L with
+    the same parity, e.g. d^l_{mn}.  Scaled by 4 pi^2, the alpha and gamma weights of the FFTs.
+    """
+    n = 2 * L - 1
+    theta = mw_thetas(L)
+    mp = np.arange(-(L - 1), L)
+    phases = np.exp(-1j * mp[:, None] * theta[None, :])
+    mirrored = np.conj(phases) * (np.arange(L) < L - 1)
+    conv = _sin_weights(L)[(mp[:, None] + mp[None, :]) + (2 * L - 2)]  # w(m' + m'')
+    out = np.zeros((2, L, L))
+    for p, e in enumerate(((phases + mirrored) / n, (phases - mirrored) / n)):
+        q = e.T @ conv @ e  # g's Fourier coefficients are e @ g, F's are e @ F
+        if np.abs(q.imag).max() > _IMAG_TOL * max(1.0, np.abs(q.real).max()):
+            raise RuntimeError(f"MW beta quadrature left an imaginary part at L={L}")
+        out[p] = 4 * np.pi**2 * q.real
+    out.flags.writeable = False
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _SO3PathTensors:
+    """Flat column indices (row * (2L-1) + column) of each slot, on the tables' device."""
+
+    path: _SO3Path
+    natural: torch.Tensor  # into the FFT-ordered (n, m) columns of this path
+    target: torch.Tensor  # into the output columns of this path (n >= 0 rows only for "half")
+    source: torch.Tensor  # into the full coefficient layout [N-1+n, L-1+m]
+    mirror: torch.Tensor  # (-n, -m) in the full coefficient layout
+    sign: torch.Tensor  # (slots, 1, 1)
+    mirror_sign: torch.Tensor  # (slots, 1, 2, 1): (-1)^{m+n} (1, -1), i.e. conj times the reality sign
+
+
+@dataclasses.dataclass(frozen=True)
+class _SO3Tables:
+    d: tuple[torch.Tensor, ...]  # per bucket (C_b, L, L - l0_b)
+    quad_t: torch.Tensor  # (2, L, L): Q[p] transposed, for right multiplication
+    synth_l: torch.Tensor  # (L,): (2l+1) / (8 pi^2)
+    full: _SO3PathTensors
+    half: _SO3PathTensors
+    neg_sign: torch.Tensor  # (N-1, 1, 2L-1): (-1)^{m+n} for n = -(N-1) .. -1
+
+
+def _so3_path_tensors(
+    path: _SO3Path, L: int, N: int, dtype: torch.dtype, device: torch.device
+) -> _SO3PathTensors:
+    n, m = path.nm
+
+    def flat(row: np.ndarray, col: np.ndarray) -> torch.Tensor:
+        return torch.tensor(row * (2 * L - 1) + col, dtype=torch.long, device=device)
+
+    alt = 1.0 - 2.0 * ((n + m) % 2)  # (-1)^{m+n}
+    return _SO3PathTensors(
+        path=path,
+        natural=flat(*path.natural),
+        target=flat(*path.target),
+        source=flat(N - 1 + n, L - 1 + m),
+        mirror=flat(N - 1 - n, L - 1 - m),
+        sign=torch.tensor(path.sign[:, None, None], dtype=dtype, device=device),
+        mirror_sign=torch.tensor(
+            alt[:, None, None, None] * np.array([1.0, -1.0])[:, None], dtype=dtype, device=device
+        ),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _so3_tables(L: int, N: int, dtype: torch.dtype, device: torch.device) -> _SO3Tables:
+    plan = _so3_plan(L, N)
+    m = np.arange(-(L - 1), L)
+    n = np.arange(-(N - 1), 0)
+    return _SO3Tables(
+        d=tuple(torch.tensor(t, dtype=dtype, device=device) for t in _so3_d_tables(plan)),
+        quad_t=torch.tensor(so3_quadrature(L).transpose(0, 2, 1), dtype=dtype, device=device),
+        synth_l=torch.tensor((2 * np.arange(L) + 1) / (8 * np.pi**2), dtype=dtype, device=device),
+        full=_so3_path_tensors(plan.full, L, N, dtype, device),
+        half=_so3_path_tensors(plan.half, L, N, dtype, device),
+        neg_sign=torch.tensor(1.0 - 2.0 * ((n[:, None, None] + m) % 2), dtype=dtype, device=device),
+    )
+
+
+def so3_table_nbytes(L: int, N: int, dtype: torch.dtype = torch.float64) -> int:
+    """Bytes held by the cached tables of one (L, N, dtype, device): d values, quadrature, indices, signs."""
+    plan = _so3_plan(L, N)
+    item = torch.empty((), dtype=dtype).element_size()
+    d = sum(len(p) * L * (L - l0) for p, l0 in zip(plan.pairs, plan.l0))
+    slots = (3 * N - 1) * (2 * L - 1)
+    return (d + 2 * L * L + L + (N - 1) * (2 * L - 1) + 3 * slots) * item + 6 * slots * 8
+
+
+# ------------------------------------------------------------------------------ SO(3) kernels
+
+
+def _to_cols(x: torch.Tensor) -> torch.Tensor:
+    """Complex (B, n, k, m) -> real (n*m, 2B, k): one copy into the layout of the beta step."""
+    b, n, k, m = x.shape
+    return torch.view_as_real(x).permute(1, 3, 0, 4, 2).reshape(n * m, 2 * b, k)
+
+
+def _from_cols(y: torch.Tensor, n: int) -> torch.Tensor:
+    """Real (n*m, 2B, k) -> (B, n, k, m, 2) contiguous, ready for ``torch.view_as_complex``."""
+    cols, b2, k = y.shape
+    return y.reshape(n, cols // n, b2 // 2, 2, k).permute(2, 0, 4, 1, 3).contiguous()
+
+
+def _so3_beta_forward(x: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors, n_out: int) -> torch.Tensor:
+    """x (slots, 2B, t) in slot order -> (n_out * (2L-1), 2B, l) in target order: sign * sum_t' d (Q x)."""
+    L = x.shape[-1]
+    n_even = pt.path.n_even
+    by_parity = (x[:n_even] @ tables.quad_t[0], x[n_even:] @ tables.quad_t[1])
+    out = x.new_zeros(n_out * (2 * L - 1), x.shape[1], L)
+    for bucket, c0, c1, s, first, parity in pt.path.blocks:
+        table = tables.d[bucket][c0:c1]  # (C, t, L - l0)
+        rows = slice(first, first + (c1 - c0) * s)
+        start = first - (n_even if parity else 0)
+        block = by_parity[parity][start : start + (c1 - c0) * s].reshape(c1 - c0, s * x.shape[1], L)
+        vals = torch.bmm(block, table).reshape((c1 - c0) * s, x.shape[1], -1)
+        if parity:  # orbits with m+n even have sign +1 throughout
+            vals = vals * pt.sign[rows]
+        out[..., L - table.shape[-1] :].index_copy_(0, pt.target[rows], vals)
+    return out
+
+
+def _so3_beta_inverse(z: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors) -> torch.Tensor:
+    """z (slots, 2B, l) scaled, in slot order -> (slots, 2B, t) in FFT column order: sum_l d z."""
+    L = z.shape[-1]
+    out = torch.empty_like(z)
+    for bucket, c0, c1, s, first, _ in pt.path.blocks:
+        table = tables.d[bucket][c0:c1]
+        rows = slice(first, first + (c1 - c0) * s)
+        block = z[rows].reshape(c1 - c0, s * z.shape[1], L)[..., L - table.shape[-1] :]
+        vals = torch.bmm(block, table.transpose(1, 2)).reshape((c1 - c0) * s, z.shape[1], L)
+        out.index_copy_(0, pt.natural[rows], vals)
+    return out
+
+
+def _so3_forward(f: torch.Tensor, L: int, N: int) -> torch.Tensor:
+    lead, g, a = f.shape[:-3], 2 * N - 1, 2 * L - 1
+    f = f.reshape(-1, g, L, a)
+    tables = _so3_tables(L, N, _REAL_OF[f.dtype], f.device)
+    if f.is_complex():
+        rings = torch.fft.fftn(f, dim=(-3, -1), norm="forward")  # FFT order in n and m
+        x = _to_cols(rings).index_select(0, tables.full.natural)
+        flmn = torch.view_as_complex(_from_cols(_so3_beta_forward(x, tables, tables.full, g), g))
+    else:
+        rings = torch.fft.fft(torch.fft.rfft(f, dim=-3, norm="forward"), dim=-1, norm="forward")  # n >= 0
+        x = _to_cols(rings).index_select(0, tables.half.natural)
+        pos = _from_cols(_so3_beta_forward(x, tables, tables.half, N), N)
+        flmn = torch.view_as_complex(torch.cat([torch.empty_like(pos[:, 1:]), pos], dim=1))
+        # real signals: f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn})
+        flmn[:, : N - 1] = torch.conj(torch.flip(flmn[:, N:], dims=(1, 3))) * tables.neg_sign
+    return flmn.reshape(*lead, g, L, a)
+
+
+def _so3_inverse(flmn: torch.Tensor, L: int, N: int, real: bool) -> torch.Tensor:
+    lead, g, a = flmn.shape[:-3], 2 * N - 1, 2 * L - 1
+    precision = _REAL_OF[flmn.dtype]
+    flmn = flmn.to(_COMPLEX_OF[precision]).reshape(-1, g, L, a)
+    tables = _so3_tables(L, N, precision, flmn.device)
+    pt = tables.half if real else tables.full
+    cols = _to_cols(flmn)
+    scale = pt.sign * tables.synth_l
+    if real:
+        # Re(synthesis of f) = synthesis of its real-signal part (f^l_{mn} + (-1)^{m+n} conj f^l_{-m,-n}) / 2,
+        # which is Hermitian, so the columns n >= 0 and an inverse real FFT along gamma suffice.
+        z = cols.index_select(0, pt.source).unflatten(1, (-1, 2))
+        z = torch.addcmul(z, cols.index_select(0, pt.mirror).unflatten(1, (-1, 2)), pt.mirror_sign).flatten(
+            1, 2
+        )
+        scale = scale * 0.5
+    else:
+        z = cols.index_select(0, pt.source)
+    rings = torch.view_as_complex(_from_cols(_so3_beta_inverse(z * scale, tables, pt), N if real else g))
+    if real:
+        f = torch.fft.irfft(torch.fft.ifft(rings, dim=-1, norm="forward"), n=g, dim=-3, norm="forward")
+    else:
+        f = torch.fft.ifftn(rings, dim=(-3, -1), norm="forward")
+    return f.reshape(*lead, g, L, a)
+
+
+# ------------------------------------------------------------------------------ SO(3) public API
+
+_SO3_GRID = "MW SO(3) grid: (2N-1) x L x (2L-1), gamma, beta, alpha"
+_SO3_LAYOUT = "flmn layout [N-1+n, l, L-1+m]: (2N-1) x L x (2L-1)"
+
+
+def _check_so3(fn: str, x: torch.Tensor, L: int, N: int, what: str, layout: str) -> None:
+    _check_L(fn, L)
+    if isinstance(N, bool) or not isinstance(N, numbers.Integral) or not 1 <= N <= L:
+        raise ValueError(f"{fn}: N must be an integer with 1 <= N <= L, got N={N!r} for L={L}")
+    shape = (2 * N - 1, L, 2 * L - 1)
+    ok = isinstance(x, torch.Tensor) and x.ndim >= 3 and tuple(x.shape[-3:]) == shape
+    _check_tensor(fn, x, what, "(..., {}, {}, {})".format(*shape), f"L={L}, N={N}", layout, ok)
+
+
+def so3_forward(f: torch.Tensor, L: int, N: int) -> torch.Tensor:
+    """Samples (..., 2N-1, L, 2L-1) on the MW SO(3) grid, real or complex -> complex flmn (..., 2N-1, L, 2L-1).
+
+    flmn[..., N-1+n, l, L-1+m] = f^l_{mn} = int f(rho) D^l_{mn}(rho) drho by the MW quadrature: equal to
+    the MW forward transform of ``so3`` for any samples, exact for signals with bandlimits (L, N); zero
+    where |m| > l or |n| > l.  Real input takes a half-size path and fills n < 0 from
+    f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn}).
+    """
+    _check_so3("so3_forward", f, L, N, "samples", _SO3_GRID)
+    return _so3_forward(f, L, N)
+
+
+def so3_inverse(flmn: torch.Tensor, L: int, N: int, real: bool = False) -> torch.Tensor:
+    """flmn (..., 2N-1, L, 2L-1) -> samples (..., 2N-1, L, 2L-1) of sum_lmn (2l+1)/(8pi^2) f^l_{mn} conj(D^l_{mn}).
+
+    Entries with |m| > l or |n| > l are ignored.  ``real=True`` returns the real part of the synthesis
+    as a float tensor (the signal itself when f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn})), at half the cost.
+    """
+    _check_so3("so3_inverse", flmn, L, N, "coefficients", _SO3_LAYOUT)
+    return _so3_inverse(flmn, L, N, real)

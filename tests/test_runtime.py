@@ -136,3 +136,23 @@ def test_gradients_match_finite_differences():
 
     w = params[name].detach().clone().requires_grad_(True)
     assert torch.autograd.gradcheck(as_function, (w,), eps=1e-6, atol=1e-7)
+
+
+def _assert_real_so3(y: torch.Tensor) -> None:
+    """A real SO(3) signal has f^l_{-m,-n} = (-1)^(m+n) conj(f^l_{mn}) (PAPER.md §2.3)."""
+    M, T = y.shape[-2], y.shape[-1]
+    m = torch.arange(M) - (M - 1) // 2
+    n = torch.arange(T) - (T - 1) // 2
+    sign = (-1.0) ** (m[:, None] + n[None, :]).abs()
+    mirrored = sign * y.flip(-2, -1).conj()
+    torch.testing.assert_close(mirrored, y, rtol=1e-12, atol=1e-12)
+
+
+def test_convolutions_keep_real_signals_real():
+    """Real filters: pointwise activations need real samples, so S2Conv/SO3Conv must map real to real."""
+    model = sphc.load(MODELS["so3conv"]).Model().double()
+    f = torch.randn(2, *model.input_shape, dtype=torch.float64)
+    with torch.no_grad():
+        y = model.l1_s2conv(model.input(f))
+        _assert_real_so3(y)
+        _assert_real_so3(model.l2_so3conv(y))

@@ -21,7 +21,7 @@ SPHC_VERSION = "0.1.0"
 SOURCE_SHA256 = "3bc5816febb94a05c3acbf08fbf18658ca0b7d756a63f3e72f35d6654f924b4c"
 SOURCE_FILE = 'tiny.sph'
 INPUT_SHAPE = (1, 4, 7)
-PARAMETERS = 346
+PARAMETERS = 332
 
 # layer 2: CG values of 11 paths on layout.cg_pattern order
 CG_2 = rt.decode_f64(
