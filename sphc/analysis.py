@@ -151,8 +151,11 @@ def _(layer: ir.ZonalConv, t: SignalType):
 
 
 @analyze_layer.register
-def _(layer: ir.ReLU, t: SignalType):
-    return t, 0, 0, (), 0  # costs of the sampled layers arrive with their transforms
+def _(layer: ir.Pointwise, t: SignalType):
+    # inverse + forward transform on the (oversampled) grid: per m and per column one L×L matmul
+    L = t.L * layer.oversample
+    columns = 1 if t.domain is ir.Domain.S2 else 2 * min(t.N * layer.oversample, L) - 1
+    return t, 0, 2 * t.C * columns * (2 * L - 1) * L * L, (), 0
 
 
 @analyze_layer.register

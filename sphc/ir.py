@@ -84,9 +84,15 @@ class ZonalConv:
 
 
 @dataclass(frozen=True, slots=True)
-class ReLU:
-    """Pointwise ReLU on MW samples of an S² or SO(3) signal (approximately equivariant)."""
+class Pointwise:
+    """An activation applied to the MW samples of an S² or SO(3) signal (PAPER.md §3.4).
 
+    Only approximately equivariant: no sampling of the sphere is rotation invariant and the
+    activation breaks the bandlimit. ``oversample`` evaluates it on a grid that many times finer
+    (then bandlimits back), trading time for equivariance.
+    """
+
+    act: Activation = Activation.RELU
     oversample: int = 1
     span: Span | None = _SPAN
 
@@ -152,7 +158,18 @@ class Dense:
     span: Span | None = _SPAN
 
 
-Layer = S2Conv | SO3Conv | ZonalConv | ReLU | TensorProduct | GenConv | FullGenConv | Norm | Invariant | Dense
+Layer = (
+    S2Conv
+    | SO3Conv
+    | ZonalConv
+    | Pointwise
+    | TensorProduct
+    | GenConv
+    | FullGenConv
+    | Norm
+    | Invariant
+    | Dense
+)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,6 +56,16 @@ _L = Param(
 )
 _N = Param("N", int, "azimuthal bandlimit of the SO(3) output, 1 <= N <= L (default: L)", minimum=1)
 _K = Param("K", int, "output channels (default: input channels)", minimum=1)
+_POINTWISE_ACTS = tuple(a.value for a in ir.Activation if a is not ir.Activation.NONE)
+_ACT = Param("act", _POINTWISE_ACTS, "activation applied to every sample", default="relu")
+_OVERSAMPLE = Param(
+    "oversample",
+    int,
+    "evaluate on a grid this many times finer, then bandlimit back",
+    default=1,
+    minimum=1,
+    maximum=5,
+)
 
 LAYERS: dict[str, LayerSpec] = {
     "Input": LayerSpec(
@@ -70,10 +80,20 @@ LAYERS: dict[str, LayerSpec] = {
     "S2Conv": LayerSpec((_C, _L, _N), (), "S² → SO(3) harmonic convolution (Cohen et al. 2018)"),
     "SO3Conv": LayerSpec((_C, _L, _N), (), "SO(3) → SO(3) harmonic convolution"),
     "ZonalConv": LayerSpec((_C, _L), (), "S² → S² convolution with axisymmetric filters (Esteves et al.)"),
-    "ReLU": LayerSpec(
-        (Param("oversample", int, "evaluate on a grid this many times finer", default=1, minimum=1),),
+    "ReLU": LayerSpec((_OVERSAMPLE,), (), "pointwise ReLU on the MW samples of an S² or SO(3) signal"),
+    "Pointwise": LayerSpec(
+        (_ACT, _OVERSAMPLE), ("act",), "pointwise activation on the MW samples of an S² or SO(3) signal"
+    ),
+    "S2Layer": LayerSpec(
+        (_C, _L, _N, _ACT, _OVERSAMPLE), (), "the paper's S² layer: S2Conv followed by a pointwise activation"
+    ),
+    "SO3Layer": LayerSpec(
+        (_C, _L, _N, _ACT, _OVERSAMPLE),
         (),
-        "pointwise ReLU on the MW samples of an S² or SO(3) signal",
+        "the paper's SO(3) layer: SO3Conv followed by a pointwise activation",
+    ),
+    "ZonalLayer": LayerSpec(
+        (_C, _L, _ACT, _OVERSAMPLE), (), "axisymmetric S² layer: ZonalConv followed by a pointwise activation"
     ),
     "TensorProduct": LayerSpec(
         (
@@ -281,14 +301,26 @@ def _conv(cls, domains, hint):
     return build
 
 
-def _relu(node, vals, spans, shape):
+def _pointwise(node, vals, spans, shape):
     _need(
         node,
         shape,
         (ir.Domain.S2, ir.Domain.SO3),
         "pointwise layers act on samples; use them after S2/SO3/Zonal convs",
     )
-    return [ir.ReLU(vals["oversample"], node.full_span)], shape
+    act = ir.Activation(vals.get("act") or "relu")
+    return [ir.Pointwise(act, vals["oversample"], node.full_span)], shape
+
+
+def _conv_layer(conv):
+    """The paper's S²/SO(3)/axisymmetric layers: a harmonic convolution, then a pointwise activation."""
+
+    def build(node, vals, spans, shape):
+        first, mid = conv(node, vals, spans, shape)
+        second, out = _pointwise(node, vals, spans, mid)
+        return first + second, out
+
+    return build
 
 
 def _tensor_product(node, vals, spans, shape):
@@ -335,11 +367,19 @@ def _dense(node, vals, spans, shape):
     return [layer], _Shape(ir.Domain.FEATURES, features=vals["n"])
 
 
+_S2CONV = _conv(ir.S2Conv, (ir.Domain.S2,), "S2Conv maps an S² signal to SO(3); use SO3Conv after it")
+_SO3CONV = _conv(ir.SO3Conv, (ir.Domain.SO3,), "SO3Conv needs an SO(3) signal, e.g. after S2Conv")
+_ZONALCONV = _conv(ir.ZonalConv, (ir.Domain.S2,), "ZonalConv maps S² to S²")
+
 _BUILD: dict[str, Callable] = {
-    "S2Conv": _conv(ir.S2Conv, (ir.Domain.S2,), "S2Conv maps an S² signal to SO(3); use SO3Conv after it"),
-    "SO3Conv": _conv(ir.SO3Conv, (ir.Domain.SO3,), "SO3Conv needs an SO(3) signal, e.g. after S2Conv"),
-    "ZonalConv": _conv(ir.ZonalConv, (ir.Domain.S2,), "ZonalConv maps S² to S²"),
-    "ReLU": _relu,
+    "S2Conv": _S2CONV,
+    "SO3Conv": _SO3CONV,
+    "ZonalConv": _ZONALCONV,
+    "S2Layer": _conv_layer(_S2CONV),
+    "SO3Layer": _conv_layer(_SO3CONV),
+    "ZonalLayer": _conv_layer(_ZONALCONV),
+    "ReLU": _pointwise,
+    "Pointwise": _pointwise,
     "TensorProduct": _tensor_product,
     "GenConv": _gen_conv,
     "FullGenConv": _gen_conv,

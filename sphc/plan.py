@@ -18,7 +18,7 @@ import numpy as np
 
 from . import __version__, cache, cg, ir
 from .analysis import Analysis, LayerInfo, Path
-from .errors import SphcError
+from .errors import SphcError, SphcInternalError
 from .layout import cg_pattern
 
 #: Bump when the layout of embedded CG tables changes (part of their disk-cache key).
@@ -90,13 +90,20 @@ def _paths_literal(paths: tuple[Path, ...]) -> str:
 
 
 @singledispatch
-def _ctor(layer, info: LayerInfo) -> tuple[str, dict[str, str]]:
-    raise SphcError(
-        f"`{type(layer).__name__}` cannot be compiled yet: pointwise layers on MW samples need the S²/SO(3)"
-        " sampling transforms, which are not implemented in this version",
-        layer.span,
-        hint="`sphc check` and `sphc explain` accept the model; remove the pointwise layer to compile it",
-    )
+def _ctor(layer, info: LayerInfo) -> tuple[str, dict[str, object]]:
+    raise SphcInternalError(f"no runtime constructor for {type(layer).__name__}")
+
+
+@_ctor.register
+def _(layer: ir.Pointwise, info):
+    t = info.t_in
+    return "Pointwise", {
+        "domain": t.domain.value,
+        "L": t.L,
+        "N": t.N if t.domain is ir.Domain.SO3 else 1,
+        "act": layer.act.value,
+        "oversample": layer.oversample,
+    }
 
 
 @_ctor.register

@@ -21,10 +21,11 @@ import zlib
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from . import layout
 from .errors import Span, SphcError
-from .transforms import s2_forward_2d
+from .transforms import s2_forward_2d, s2_inverse_2d, so3_forward, so3_inverse
 
 Where = tuple[str, int, int] | None
 
@@ -206,6 +207,47 @@ class ZonalConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w().to(x.dtype)
         return torch.einsum("bclm,ckl->bklm", _truncate(x, self.L)[..., 0], w).unsqueeze(-1)
+
+
+def _pad(x: torch.Tensor, L: int) -> torch.Tensor:
+    """Zero-extend a ``(..., L_in, 2L_in-1)`` coefficient layout to bandlimit ``L`` (inverse of _truncate)."""
+    L_in = x.shape[-2]
+    if L_in == L:
+        return x
+    out = x.new_zeros(*x.shape[:-2], L, 2 * L - 1)
+    out[..., :L_in, L - L_in : L - 1 + L_in] = x
+    return out
+
+
+class Pointwise(nn.Module):
+    """An activation on MW samples: inverse transform → σ → forward transform (PAPER.md §3.4).
+
+    S² and SO(3) signals reaching this layer are real (real input, real filters), so the samples
+    are real. With ``oversample`` = k the coefficients are zero-padded to bandlimit kL (and kN,
+    at most kL) before synthesis, σ acts on the k²-times (k³ for SO(3)) denser grid, and the
+    result is bandlimited back to L: less aliasing, hence a smaller equivariance error.
+    """
+
+    def __init__(self, domain: str, L: int, N: int, act: str, oversample: int = 1):
+        super().__init__()
+        self.domain, self.L, self.N = domain, L, N
+        self.L_os = L * oversample
+        self.N_os = min(N * oversample, self.L_os)
+        self.act = _ACTIVATIONS[act]()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.domain == "s2":
+            f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True)
+            y = s2_forward_2d(self.act(f), self.L_os)
+            return _truncate(y, self.L).unsqueeze(-1)
+        flmn = x.permute(0, 1, 4, 2, 3)  # runtime (l, m, n) → the transforms' (n, l, m) layout
+        T = 2 * self.N - 1
+        flmn = _pad(flmn, self.L_os)
+        flmn = F.pad(flmn.movedim(2, -1), (self.N_os - self.N, self.N_os - self.N)).movedim(-1, 2)
+        f = so3_inverse(flmn, self.L_os, self.N_os, real=True)
+        y = so3_forward(self.act(f), self.L_os, self.N_os)
+        y = y[:, :, self.N_os - self.N : self.N_os - self.N + T]
+        return _truncate(y.permute(0, 1, 3, 4, 2), self.L)
 
 
 class TensorProduct(nn.Module):

@@ -1,6 +1,6 @@
-"""Exact spin-0 spherical-harmonic transforms on the McEwen-Wiaux (MW) grid, in torch.
+"""Exact harmonic transforms on the McEwen-Wiaux (MW) grids of S^2 and SO(3), in torch.
 
-Conventions are pyssht's (Method='MW', spin 0; PAPER.md §2.1, §5.1):
+S^2 (spin 0), conventions of pyssht (Method='MW'; PAPER.md §2.1, §5.1):
 
 * samples f[..., t, p] at theta_t = pi (2t+1) / (2L-1), phi_p = 2 pi p / (2L-1), an L x (2L-1) grid;
 * Y_lm(theta, phi) = sqrt((2l+1) / 4pi) d^l_{m0}(theta) e^{i m phi} (Condon-Shortley phase, orthonormal
@@ -9,15 +9,32 @@ Conventions are pyssht's (Method='MW', spin 0; PAPER.md §2.1, §5.1):
   (..., L, 2L-1) indexed [l, L-1+m] with zeros where |m| > l.  The model runtime uses the 2-D layout
   because it keeps m on its own axis, which the 1-D one scatters.
 
-MW sampling is used because its sampling theorem needs only (L-1)(2L-1)+1 ~ 2L^2 distinct samples for
-bandlimit L, half of Driscoll-Healy's 2L(2L-1), which halves the cost of every pointwise layer.
+SO(3), bandlimits (L, N) with 1 <= N <= L, conventions of the ``so3`` package and s2fft (PAPER.md §2.3,
+§5.2, §5.4):
 
-Algorithm (separation of variables): an FFT along phi gives the ring coefficients F_m(theta_t); the
-theta direction is then a per-m dense L x L matrix.  The forward matrix is the MW quadrature itself
-(PAPER.md §5.1: periodic extension in theta, FFT, convolution with the sin(theta) weights,
-d(pi/2) factorisation) applied to unit vectors, so the transform equals ``pyssht.forward`` for any
-samples, bandlimited or not.  Tables cost O(L^3) memory and are cached per L (numpy, float64) and per
-(L, dtype, device) (torch); the transforms themselves are one FFT plus one batched matmul.
+* samples f[..., g, b, a] at gamma_g = 2 pi g / (2N-1), beta_b = pi (2b+1) / (2L-1), alpha_a = 2 pi a / (2L-1),
+  a (2N-1) x L x (2L-1) grid, gamma outermost;
+* D^l_{mn}(alpha, beta, gamma) = e^{-i m alpha} d^l_{mn}(beta) e^{-i n gamma} (``sphc.wigner``), measure
+  drho = sin(beta) dalpha dbeta dgamma (volume 8 pi^2);
+* analysis f^l_{mn} = int f D^l_{mn} drho, synthesis f = sum_lmn (2l+1)/(8 pi^2) f^l_{mn} conj(D^l_{mn});
+  coefficients (..., 2N-1, L, 2L-1) indexed [N-1+n, l, L-1+m], zero where |m| > l or |n| > l (s2fft's
+  flmn layout);
+* rotation (R_rho f)(rho') = f(rho^-1 rho') acts as f^l -> D^l(rho) f^l (left multiplication, rows m).
+
+MW sampling is used because its sampling theorem needs only (L-1)(2L-1)+1 ~ 2L^2 distinct samples for
+bandlimit L on S^2 (and ~4L^3 on SO(3) for N = L), half of the other equiangular schemes, which halves
+the cost of every pointwise layer.
+
+Algorithm (separation of variables): FFTs along phi (and gamma) give ring coefficients F_m(theta_t)
+(F_{nm}(beta_t)); theta is then a dense per-column contraction.  The S^2 forward matrix is the MW
+quadrature itself (PAPER.md §5.1: periodic extension in theta, FFT, convolution with the sin(theta)
+weights, d(pi/2) factorisation) applied to unit vectors, so the transform equals ``pyssht.forward`` for
+any samples, bandlimited or not.  SO(3) applies the same quadrature as two L x L matrices (one per
+parity of m+n) followed by a table of d^l_{mn}(beta_t) shared with the inverse, so it equals the MW
+forward transform of ``so3`` (a spin -n ssht transform per n) for any samples; the d table is compressed
+by the symmetries of d and its triangular support (see the SO(3) section).  Tables are built once in
+float64, cached per L or (L, N) (numpy) and per dtype and device (torch); a transform is FFTs plus
+batched matmuls, O(L^3) (S^2) or O(N L^3) (SO(3)) per signal, with no Python loop over its data.
 """
 
 from __future__ import annotations
@@ -284,12 +301,12 @@ def s2_inverse(flm: torch.Tensor, L: int, real: bool = False) -> torch.Tensor:
 # unnormalised inverse FFT.  One table of d values serves both directions; Q (two L x L matrices) is
 # the MW beta quadrature.  Because d^l_{-n,-m} = d^l_{mn} and d^l_{nm} = d^l_{-m,-n} = (-1)^{m+n} d^l_{mn},
 # one stored (t, l) matrix serves an orbit of up to four (n, m) columns, and each lmin = max(|m|, |n|)
-# bucket stores only degrees l >= its first lmin: about an eighth of the dense d^l_{mn}(beta_t).
+# bucket stores only degrees l >= its first lmin: for N = L about an eighth of the dense d^l_{mn}(beta_t).
 #
 # Data layout inside the beta step: "slots" (n, m columns grouped by orbit, in table order) x (batch,
-# re/im) x (t or l), real, so every contraction is a plain batched matmul against a real table.  The
-# gather from the FFT output and the scatter into the result are single advanced-indexing passes; the
-# FFT shifts are folded into their indices.
+# re/im) x (t or l), real, so every contraction is a plain batched matmul against a real table.  One
+# permuting copy and one index_select bring the FFT output into slot order (the FFT shifts are folded
+# into the indices); index_copy_ and one permuting copy bring the result back.
 
 _SO3_BUCKETS = 4  # number of lmin buckets (one batched matmul each per parity and orbit size)
 
@@ -520,9 +537,9 @@ def _to_cols(x: torch.Tensor) -> torch.Tensor:
 
 
 def _from_cols(y: torch.Tensor, n: int) -> torch.Tensor:
-    """Real (n*m, 2B, k) -> (B, n, k, m, 2) contiguous, ready for ``torch.view_as_complex``."""
+    """Real (n*m, 2B, k) -> a (B, n, k, m, 2) view; ``.contiguous()`` makes it complex-viewable."""
     cols, b2, k = y.shape
-    return y.reshape(n, cols // n, b2 // 2, 2, k).permute(2, 0, 4, 1, 3).contiguous()
+    return y.reshape(n, cols // n, b2 // 2, 2, k).permute(2, 0, 4, 1, 3)
 
 
 def _so3_beta_forward(x: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors, n_out: int) -> torch.Tensor:
@@ -558,17 +575,20 @@ def _so3_beta_inverse(z: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors) 
 
 def _so3_forward(f: torch.Tensor, L: int, N: int) -> torch.Tensor:
     lead, g, a = f.shape[:-3], 2 * N - 1, 2 * L - 1
+    if f.numel() == 0:  # MKL's FFT rejects empty batches
+        return f.new_zeros(f.shape, dtype=_COMPLEX_OF[_REAL_OF[f.dtype]])
     f = f.reshape(-1, g, L, a)
     tables = _so3_tables(L, N, _REAL_OF[f.dtype], f.device)
     if f.is_complex():
         rings = torch.fft.fftn(f, dim=(-3, -1), norm="forward")  # FFT order in n and m
         x = _to_cols(rings).index_select(0, tables.full.natural)
-        flmn = torch.view_as_complex(_from_cols(_so3_beta_forward(x, tables, tables.full, g), g))
+        flmn = torch.view_as_complex(_from_cols(_so3_beta_forward(x, tables, tables.full, g), g).contiguous())
     else:
         rings = torch.fft.fft(torch.fft.rfft(f, dim=-3, norm="forward"), dim=-1, norm="forward")  # n >= 0
         x = _to_cols(rings).index_select(0, tables.half.natural)
-        pos = _from_cols(_so3_beta_forward(x, tables, tables.half, N), N)
-        flmn = torch.view_as_complex(torch.cat([torch.empty_like(pos[:, 1:]), pos], dim=1))
+        out = x.new_empty(x.shape[1] // 2, g, L, a, 2)
+        out[:, N - 1 :] = _from_cols(_so3_beta_forward(x, tables, tables.half, N), N)
+        flmn = torch.view_as_complex(out)
         # real signals: f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn})
         flmn[:, : N - 1] = torch.conj(torch.flip(flmn[:, N:], dims=(1, 3))) * tables.neg_sign
     return flmn.reshape(*lead, g, L, a)
@@ -577,6 +597,8 @@ def _so3_forward(f: torch.Tensor, L: int, N: int) -> torch.Tensor:
 def _so3_inverse(flmn: torch.Tensor, L: int, N: int, real: bool) -> torch.Tensor:
     lead, g, a = flmn.shape[:-3], 2 * N - 1, 2 * L - 1
     precision = _REAL_OF[flmn.dtype]
+    if flmn.numel() == 0:
+        return flmn.new_zeros(flmn.shape, dtype=precision if real else _COMPLEX_OF[precision])
     flmn = flmn.to(_COMPLEX_OF[precision]).reshape(-1, g, L, a)
     tables = _so3_tables(L, N, precision, flmn.device)
     pt = tables.half if real else tables.full
@@ -592,7 +614,8 @@ def _so3_inverse(flmn: torch.Tensor, L: int, N: int, real: bool) -> torch.Tensor
         scale = scale * 0.5
     else:
         z = cols.index_select(0, pt.source)
-    rings = torch.view_as_complex(_from_cols(_so3_beta_inverse(z * scale, tables, pt), N if real else g))
+    rings = _from_cols(_so3_beta_inverse(z * scale, tables, pt), N if real else g)
+    rings = torch.view_as_complex(rings.contiguous())
     if real:
         f = torch.fft.irfft(torch.fft.ifft(rings, dim=-1, norm="forward"), n=g, dim=-3, norm="forward")
     else:

@@ -28,6 +28,8 @@ EVERY_KIND = [
     " -> Invariant -> Dense 7 act=gelu dropout=0.25 -> Dense n=3 act=softplus",
     "Input s2 L=6 -> S2Conv -> TensorProduct full -> Norm eps=1e-300 -> Invariant"
     " -> Dense 4 act=tanh -> Dense 4 act=sigmoid -> Dense 1 act=relu dropout=0.999",
+    "Input s2 L=8 C=2 -> ZonalLayer C=3 L=6 act=gelu oversample=2 -> S2Layer C=2 L=5 N=3 act=tanh"
+    " -> SO3Layer C=4 L=4 N=2 oversample=3 -> Pointwise softplus -> Invariant",
 ]
 MODELS = {**EXAMPLES, "sketch": SKETCH, **{f"every_kind_{i}": t for i, t in enumerate(EVERY_KIND)}}
 
@@ -66,8 +68,10 @@ def test_the_original_sketch_parses_and_checks():
 
 
 def test_every_layer_kind_is_exercised():
+    used = {layer.name for text in EVERY_KIND for layer in syntax.parse(text).layers}
+    assert used == set(lower.LAYERS)
     kinds = {type(x).__name__ for text in EVERY_KIND for x in lowered(text).layers}
-    assert kinds == set(lower.LAYERS) - {"Input", "EfficientLayer"}  # EfficientLayer = TP + GenConv
+    assert kinds == {cls.__name__ for cls in ir.Layer.__args__}
     for text in EVERY_KIND:
         sphc.check_source(text)
 
