@@ -524,7 +524,7 @@ def so3_table_nbytes(L: int, N: int, dtype: torch.dtype = torch.float64) -> int:
     item = torch.empty((), dtype=dtype).element_size()
     d = sum(len(p) * L * (L - l0) for p, l0 in zip(plan.pairs, plan.l0))
     slots = (3 * N - 1) * (2 * L - 1)
-    return (d + 2 * L * L + L + (N - 1) * (2 * L - 1) + 3 * slots) * item + 6 * slots * 8
+    return (d + 2 * L * L + L + (N - 1) * (2 * L - 1) + 3 * slots) * item + 4 * slots * 8
 
 
 # ------------------------------------------------------------------------------ SO(3) kernels
