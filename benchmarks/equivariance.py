@@ -31,7 +31,12 @@ CASES = [
     ("S²→S² conv (axisymmetric)", "-> ZonalConv C=4", 1, "~5e-7 (garbled)"),
     ("S²→SO(3) conv", "-> S2Conv C=4 N=4", 1, "5.3e-7"),
     ("SO(3)→SO(3) conv", "-> S2Conv C=4 N=4 -> SO3Conv C=4 N=4", 1, "9.3e-7"),
-    ("tensor product (mst) → gen conv", "-> S2Conv C=4 N=2 -> EfficientLayer mst K=4 tau=2 tau_u=4", 2, "5.0e-7"),
+    (
+        "tensor product (mst) → gen conv",
+        "-> S2Conv C=4 N=2 -> EfficientLayer mst K=4 tau=2 tau_u=4",
+        2,
+        "5.0e-7",
+    ),
     ("S² ReLU", "-> ZonalConv C=4 -> ReLU", 1, "3.4e-1"),
     ("S² ReLU, oversample=2", "-> ZonalConv C=4 -> ReLU oversample=2", 1, "-"),
     ("S² ReLU, oversample=3", "-> ZonalConv C=4 -> ReLU oversample=3", 1, "-"),
@@ -63,7 +68,9 @@ def main() -> None:
     rng = np.random.default_rng()
     rows, start = [], time.perf_counter()
     for name, chain, tail, paper in CASES:
-        errs = [measure(chain, tail, args.L, dt, args.rotations, rng) for dt in (torch.float32, torch.float64)]
+        errs = [
+            measure(chain, tail, args.L, dt, args.rotations, rng) for dt in (torch.float32, torch.float64)
+        ]
         rows.append((name, paper, f"{errs[0]:.1e}", f"{errs[1]:.1e}"))
     title = (
         f"Mean relative equivariance error, L={args.L}, {args.rotations} random rotations, batch 4 "
