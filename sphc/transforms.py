@@ -231,21 +231,55 @@ def _to_2d(flm: torch.Tensor, L: int) -> torch.Tensor:
     return out.reshape(*flm.shape[:-1], L, 2 * L - 1)
 
 
+def _theta_matmul(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The per-m dense theta step, y[b, :, m] = table[m] @ x[b, :, m], as one batched matmul.
+
+    ``table`` is real (m, out, in) and ``x`` complex (b, in, m): the data go through as real pairs
+    (half the multiplies of a complex matmul). Returns a real-pair view (b, out, m, 2).
+    """
+    M, n_out, n_in = table.shape
+    nb = x.shape[0]
+    rows = torch.view_as_real(x).permute(2, 1, 0, 3).reshape(M, n_in, nb * 2)
+    return torch.bmm(table, rows).view(M, n_out, nb, 2).permute(2, 1, 0, 3)
+
+
 def _forward_2d(f: torch.Tensor, L: int) -> torch.Tensor:
-    rings = torch.fft.fftshift(torch.fft.fft(f, dim=-1, norm="forward"), dim=-1)  # [..., t, L-1+m]
+    lead, f = f.shape[:-2], f.reshape(-1, L, 2 * L - 1)
     table = _torch_forward_table(L, _REAL_OF[f.dtype], f.device)  # [m, l, t]
-    out = torch.einsum("mlt,...tmc->...lmc", table, torch.view_as_real(rings))
-    return torch.view_as_complex(out.contiguous())
+    if f.is_complex():
+        rings = torch.fft.fftshift(torch.fft.fft(f, dim=-1, norm="forward"), dim=-1)  # [b, t, L-1+m]
+        out = torch.view_as_complex(_theta_matmul(table, rings).contiguous())
+        return out.view(*lead, L, 2 * L - 1)
+    # real samples: only m >= 0 is computed (rfft, half the table); m < 0 follows by symmetry
+    half = _theta_matmul(table[L - 1 :], torch.fft.rfft(f, dim=-1, norm="forward"))  # [b, l, m >= 0, 2]
+    out = f.new_empty(f.shape[0], L, 2 * L - 1, 2)
+    out[:, :, L - 1 :] = half
+    out[:, :, : L - 1] = half[:, :, 1:].flip(2) * _conj_parity(L, f.dtype, f.device)
+    return torch.view_as_complex(out).view(*lead, L, 2 * L - 1)
+
+
+@functools.lru_cache(maxsize=32)
+def _conj_parity(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(-1)^m (re, -im) for m = -(L-1) .. -1: f_{l,m} = (-1)^m conj(f_{l,-m}) as real pairs."""
+    sign = torch.tensor([(-1.0) ** m for m in range(L - 1, 0, -1)], dtype=dtype, device=device)
+    return torch.stack([sign, -sign], dim=-1)
 
 
 def _inverse_2d(flm2d: torch.Tensor, L: int, real: bool) -> torch.Tensor:
     precision = _REAL_OF[flm2d.dtype]
-    flm2d = flm2d.to(_COMPLEX_OF[precision])
+    lead = flm2d.shape[:-2]
+    flm2d = flm2d.to(_COMPLEX_OF[precision]).reshape(-1, L, 2 * L - 1)
     table = _torch_inverse_table(L, precision, flm2d.device)  # [m, t, l]
-    rings = torch.einsum("mtl,...lmc->...tmc", table, torch.view_as_real(flm2d))
-    rings = torch.fft.ifftshift(torch.view_as_complex(rings.contiguous()), dim=-1)
-    f = torch.fft.ifft(rings, dim=-1, norm="forward")  # unnormalised sum over m of F_m e^{i m phi}
-    return f.real if real else f
+    if not real:
+        rings = torch.view_as_complex(_theta_matmul(table, flm2d).contiguous())
+        f = torch.fft.ifft(torch.fft.ifftshift(rings, dim=-1), dim=-1, norm="forward")  # Σ_m F_m e^{i m phi}
+        return f.view(*lead, L, 2 * L - 1)
+    # Re(synthesis) = irfft of the Hermitian part: g_lm = (f_lm + (-1)^m conj f_{l,-m}) / 2, m >= 0
+    parity = _conj_parity(L, precision, flm2d.device)  # indexed like m = -(L-1) .. -1
+    mirror = torch.view_as_complex((torch.view_as_real(flm2d[..., : L - 1]) * parity).flip(-2))
+    g = torch.cat([flm2d[..., L - 1 : L].real.to(flm2d.dtype), (flm2d[..., L:] + mirror) / 2], dim=-1)
+    rings = torch.view_as_complex(_theta_matmul(table[L - 1 :], g).contiguous())
+    return torch.fft.irfft(rings, n=2 * L - 1, dim=-1, norm="forward").view(*lead, L, 2 * L - 1)
 
 
 # ---------------------------------------------------------------------------------- public API
