@@ -17,7 +17,7 @@ from sphc.transforms import (
 )
 
 rng = np.random.default_rng()
-SWEEP = range(1, 49)
+SWEEP = [*range(1, 65), 128, 256]  # the sampling issue: every L up to 64, and 128, 256
 
 
 def _random_flm(L: int, real: bool) -> np.ndarray:
