@@ -250,11 +250,17 @@ def _forward_2d(f: torch.Tensor, L: int) -> torch.Tensor:
         rings = torch.fft.fftshift(torch.fft.fft(f, dim=-1, norm="forward"), dim=-1)  # [b, t, L-1+m]
         out = torch.view_as_complex(_theta_matmul(table, rings).contiguous())
         return out.view(*lead, L, 2 * L - 1)
-    # real samples: only m >= 0 is computed (rfft, half the table); m < 0 follows by symmetry
-    half = _theta_matmul(table[L - 1 :], torch.fft.rfft(f, dim=-1, norm="forward"))  # [b, l, m >= 0, 2]
-    out = f.new_empty(f.shape[0], L, 2 * L - 1, 2)
-    out[:, :, L - 1 :] = half
-    out[:, :, : L - 1] = half[:, :, 1:].flip(2) * _conj_parity(L, f.dtype, f.device)
+    # real samples: only m >= 0 is computed (rfft, half the table); m < 0 follows by symmetry.  The data are
+    # the left operand, (m, (b, re/im), t) with t contiguous, and the table a transposed view (BLAS reads it
+    # in place), so the bmm output (m, b, re/im, l) lands in the output through one strided copy per half.
+    nb = f.shape[0]
+    rings = torch.fft.rfft(f, dim=-1, norm="forward")  # [b, t, m >= 0]
+    x = torch.view_as_real(rings).permute(2, 0, 3, 1).reshape(L, 2 * nb, L)
+    half = torch.bmm(x, table[L - 1 :].transpose(1, 2)).view(L, nb, 2, L)  # [m >= 0, b, re/im, l]
+    out = f.new_empty(nb, L, 2 * L - 1, 2)
+    cols = out.permute(2, 0, 3, 1)  # [m, b, re/im, l] view of the output
+    cols[L - 1 :] = half
+    cols[: L - 1] = half[1:].flip(0) * _conj_parity(L, f.dtype, f.device)[:, None, :, None]
     return torch.view_as_complex(out).view(*lead, L, 2 * L - 1)
 
 
@@ -274,11 +280,16 @@ def _inverse_2d(flm2d: torch.Tensor, L: int, real: bool) -> torch.Tensor:
         rings = torch.view_as_complex(_theta_matmul(table, flm2d).contiguous())
         f = torch.fft.ifft(torch.fft.ifftshift(rings, dim=-1), dim=-1, norm="forward")  # Σ_m F_m e^{i m phi}
         return f.view(*lead, L, 2 * L - 1)
-    # Re(synthesis) = irfft of the Hermitian part: g_lm = (f_lm + (-1)^m conj f_{l,-m}) / 2, m >= 0
-    parity = _conj_parity(L, precision, flm2d.device)  # indexed like m = -(L-1) .. -1
-    mirror = torch.view_as_complex((torch.view_as_real(flm2d[..., : L - 1]) * parity).flip(-2))
-    g = torch.cat([flm2d[..., L - 1 : L].real.to(flm2d.dtype), (flm2d[..., L:] + mirror) / 2], dim=-1)
-    rings = torch.view_as_complex(_theta_matmul(table[L - 1 :], g).contiguous())
+    # Re(synthesis) = irfft of the Hermitian part: g_lm = (f_lm + (-1)^m conj f_{l,-m}) / 2, m >= 0,
+    # formed directly in the bmm's layout (m >= 0, (b, re/im), l); the 1/2 is applied to the bmm output.
+    nb = flm2d.shape[0]
+    cols = torch.view_as_real(flm2d).permute(2, 0, 3, 1)  # [m, b, re/im, l] view
+    parity = _conj_parity(L, precision, flm2d.device)  # m = -(L-1) .. -1
+    sign = torch.cat([parity.new_tensor([[1.0, -1.0]]), parity.flip(0)])  # (-1)^m (re, -im), m = 0 .. L-1
+    g = cols.new_empty(L, nb, 2, L)
+    g[...] = torch.addcmul(cols[L - 1 :], cols[:L].flip(0), sign[:, None, :, None])  # 2 g, m = 0 .. L-1
+    y = torch.bmm(g.view(L, 2 * nb, L), table[L - 1 :].transpose(1, 2))  # [m >= 0, (b, re/im), t]
+    rings = torch.view_as_complex((0.5 * y).view(L, nb, 2, L).permute(1, 3, 0, 2).contiguous())  # [b, t, m]
     return torch.fft.irfft(rings, n=2 * L - 1, dim=-1, norm="forward").view(*lead, L, 2 * L - 1)
 
 
@@ -456,6 +467,15 @@ def _so3_plan(L: int, N: int) -> _SO3Plan:
     )
 
 
+@functools.lru_cache(maxsize=2)
+def _so3_d_tables_cached(L: int, N: int) -> tuple[np.ndarray, ...]:
+    """``_so3_d_tables`` of (L, N), float64, read-only: built once, cast per dtype and device."""
+    tables = tuple(_so3_d_tables(_so3_plan(L, N)))
+    for t in tables:
+        t.flags.writeable = False
+    return tables
+
+
 def _so3_d_tables(plan: _SO3Plan) -> list[np.ndarray]:
     """Per bucket b: D_b[c, t, l - l0_b] = d^l_{m_c n_c}(beta_t), float64 (C_b, L, L - l0_b)."""
     L = plan.L
@@ -543,7 +563,7 @@ def _so3_tables(L: int, N: int, dtype: torch.dtype, device: torch.device) -> _SO
     m = np.arange(-(L - 1), L)
     n = np.arange(-(N - 1), 0)
     return _SO3Tables(
-        d=tuple(torch.tensor(t, dtype=dtype, device=device) for t in _so3_d_tables(plan)),
+        d=tuple(torch.tensor(t, dtype=dtype, device=device) for t in _so3_d_tables_cached(L, N)),
         quad_t=torch.tensor(so3_quadrature(L).transpose(0, 2, 1), dtype=dtype, device=device),
         synth_l=torch.tensor((2 * np.arange(L) + 1) / (8 * np.pi**2), dtype=dtype, device=device),
         full=_so3_path_tensors(plan.full, L, N, dtype, device),
