@@ -20,6 +20,8 @@ _EXAMPLES = {
     "compile": 'sphc compile examples/efficient.sph -o model.py\n  python -c "import model"',
     "check": "sphc check examples/mnist.sph",
     "explain": "sphc explain examples/mnist.sph",
+    "train": "sphc train examples/mnist.sph --train nr --test nr,r --subset 2000 --epochs 2 --out runs/demo",
+    "plot": "sphc plot runs/demo runs/planar -o runs/plots",
 }
 
 
@@ -32,12 +34,7 @@ def _parser() -> argparse.ArgumentParser:
         ("check", "parse and analyse; print diagnostics only"),
         ("explain", "print the per-layer table: types, paths, CG entries, params, MACs"),
     ):
-        s = sub.add_parser(
-            name,
-            help=help_,
-            description=f"{help_}. Example:\n  {_EXAMPLES[name]}",
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
+        s = _sub(sub, name, help_)
         s.add_argument("model", type=Path, help="the .sph file")
         if name == "compile":
             s.add_argument(
@@ -46,10 +43,75 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--emit", choices=STAGES, default="python", help="stop after this stage and print it"
             )
+    _train_parser(sub)
+    s = _sub(sub, "plot", "draw digits on the sphere, training curves and the accuracy chart of runs")
+    s.add_argument("runs", type=Path, nargs="+", help="output directories of `sphc train`")
+    s.add_argument("-o", "--output", type=Path, required=True, help="directory for the PNG files")
     return p
 
 
+def _sub(sub, name: str, help_: str) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        name,
+        help=help_,
+        description=f"{help_}. Example:\n  {_EXAMPLES[name]}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def _train_parser(sub) -> None:
+    s = _sub(sub, "train", "train and evaluate a model on Spherical MNIST (NR = non-rotated, R = rotated)")
+    s.add_argument("model", type=Path, help="the .sph file (its input shape sets the bandlimit)")
+    s.add_argument("--data", default="spherical-mnist", help="data set (default: spherical-mnist)")
+    s.add_argument("--data-path", help="MNIST as a directory of IDX files or an .npz (default: bundled)")
+    s.add_argument("--train", default="nr", help="training split: nr or r (default: nr)")
+    s.add_argument("--test", default="nr,r", help="comma-separated test splits (default: nr,r)")
+    s.add_argument("--out", required=True, help="run directory: checkpoints, metrics.json, plots")
+    s.add_argument("--epochs", type=int, default=5)
+    s.add_argument("--batch", type=int, default=32)
+    s.add_argument("--lr", type=float, default=1e-3)
+    s.add_argument("--subset", type=int, help="train on this many digits (seeded choice)")
+    s.add_argument("--test-subset", type=int, help="test on this many digits per split")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    s.add_argument("--baseline", choices=["planar"], help="train the planar CNN baseline instead")
+    s.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    s.add_argument("--plots", action="store_true", help="also write the PNG pictures into --out")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _train(args: argparse.Namespace) -> int:
+    from .train import TrainConfig, summary, train
+
+    config = TrainConfig(
+        model=str(args.model), out=args.out, data=args.data, train=args.train,
+        test=tuple(t.strip() for t in args.test.split(",") if t.strip()), epochs=args.epochs,
+        batch=args.batch, lr=args.lr, subset=args.subset, test_subset=args.test_subset, seed=args.seed,
+        baseline=args.baseline, data_path=args.data_path, checkpoint_every=args.checkpoint_every,
+        device=args.device, plots=args.plots,
+    )  # fmt: skip
+    if not args.model.is_file():
+        raise SphcError(f"no such model file: {args.model}")
+    metrics = train(config, progress=not args.quiet)
+    print(summary(metrics))
+    print(f"metrics: {Path(args.out) / 'metrics.json'}")
+    if args.plots:
+        from .plots import plot_runs
+
+        for png in plot_runs([Path(args.out)], Path(args.out)):
+            print(f"wrote {png}")
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.command == "train":
+        return _train(args)
+    if args.command == "plot":
+        from .plots import plot_runs
+
+        for png in plot_runs(args.runs, args.output):
+            print(f"wrote {png}")
+        return 0
     try:
         text = args.model.read_text(encoding="utf-8")
     except OSError as e:

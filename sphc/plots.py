@@ -1,0 +1,112 @@
+"""Pictures of a Spherical MNIST run (``sphc plot``, ``sphc train --plots``), drawn with matplotlib.
+
+Three PNGs: digits on the sphere (Mollweide projection, non-rotated and rotated), training-loss
+curves, and the accuracy table as a bar chart. The Agg backend is used, so no display is needed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_digits(path: Path, L: int, count: int = 4, seed: int = 0, source=None) -> Path:
+    """A few test digits on the sphere: top row non-rotated, bottom row rotated (Mollweide)."""
+    from .data import spherical_mnist
+
+    plt = _pyplot()
+    theta = np.pi * (2 * np.arange(L) + 1) / (2 * L - 1)
+    phi = 2 * np.pi * np.arange(2 * L - 1) / (2 * L - 1)
+    lon, lat = np.meshgrid(phi - np.pi, np.pi / 2 - theta)
+    fig, axes = plt.subplots(2, count, figsize=(3.2 * count, 4.2), subplot_kw={"projection": "mollweide"})
+    for row, rotated in enumerate((False, True)):
+        x, y = spherical_mnist("test", L, rotated, seed=seed, subset=count, source=source, progress=False)
+        for i, ax in enumerate(axes[row]):
+            ax.pcolormesh(lon, lat, np.roll(x[i, 0], L - 1, axis=1), shading="nearest", cmap="gray_r")
+            ax.set_title(f"{'R' if rotated else 'NR'}: label {y[i]}", fontsize=9)
+            ax.set_xticklabels([])
+            ax.set_yticklabels([])
+    fig.suptitle(f"Spherical MNIST on the MW grid, L={L} ({L}×{2 * L - 1} samples)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _label(m: dict) -> str:
+    return "planar CNN" if m.get("baseline") else Path(m["model"]).stem
+
+
+def plot_curves(path: Path, runs: list[dict]) -> Path:
+    """Training loss (moving average over 20 steps) of each run."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in runs:
+        loss = np.asarray(m["loss_history"], dtype=float)
+        k = min(20, len(loss))
+        smooth = np.convolve(loss, np.ones(k) / k, mode="valid") if k else loss
+        ax.plot(
+            np.arange(len(smooth)) + k, smooth, label=f"{_label(m)} (train {m['config']['train'].upper()})"
+        )
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (moving average)")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy(path: Path, runs: list[dict]) -> Path:
+    """Test accuracy per run and train/test regime (NR/NR, NR/R, R/R)."""
+    plt = _pyplot()
+    regimes = sorted({k for m in runs for k in m["accuracy"]})
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.8 / max(len(runs), 1)
+    for j, m in enumerate(runs):
+        vals = [100 * m["accuracy"].get(r, np.nan) for r in regimes]
+        bars = ax.bar(np.arange(len(regimes)) + j * width, vals, width, label=_label(m))
+        ax.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax.set_xticks(np.arange(len(regimes)) + width * (len(runs) - 1) / 2, [r.upper() for r in regimes])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_runs(run_dirs: list[Path], out: Path, L: int | None = None) -> list[Path]:
+    """All three pictures for one or more run directories (each holding a metrics.json)."""
+    from .errors import SphcError
+
+    runs = []
+    for d in run_dirs:
+        f = Path(d) / "metrics.json"
+        if not f.is_file():
+            raise SphcError(f"{d} has no metrics.json: is it an `sphc train` output directory?")
+        runs.append(json.loads(f.read_text()))
+    out.mkdir(parents=True, exist_ok=True)
+    if L is None:
+        from .pipeline import check_source
+
+        L = check_source(Path(runs[0]["model"]).read_text(), runs[0]["model"]).model.input.L
+    cfg = runs[0]["config"]
+    return [
+        plot_digits(out / "digits.png", L, seed=cfg["seed"], source=cfg.get("data_path")),
+        plot_curves(out / "curves.png", runs),
+        plot_accuracy(out / "accuracy.png", runs),
+    ]
