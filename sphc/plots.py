@@ -21,22 +21,39 @@ def _pyplot():
     return plt
 
 
+def _orthographic(ax, values: np.ndarray, L: int) -> None:
+    """The hemisphere around the digit's centre of mass, seen from outside (not mirrored)."""
+    from .data import mw_grid_points
+
+    pts = mw_grid_points(L)[:-1].reshape(-1, 3)  # drop the repeated south-pole ring ...
+    w = values[:-1].reshape(-1)
+    pts, w = np.vstack([pts, mw_grid_points(L)[-1, :1]]), np.concatenate([w, values[-1, :1]])  # ... but once
+    v = (pts * w[:, None]).sum(0)
+    v = v / np.linalg.norm(v) if np.linalg.norm(v) > 0 else np.array([0.0, 0.0, -1.0])
+    e1 = np.cross(v, [0.0, 0.0, 1.0] if abs(v[2]) < 0.9 else [1.0, 0.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(v, e1)  # e1 × e2 = v points at the viewer
+    vis = pts @ v > 0
+    ax.tripcolor(pts[vis] @ e1, pts[vis] @ e2, w[vis], shading="gouraud", cmap="gray_r")
+    ax.add_patch(__import__("matplotlib").patches.Circle((0, 0), 1, fill=False, lw=0.8))
+    ax.set_xlim(-1.05, 1.05)
+    ax.set_ylim(-1.05, 1.05)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
 def plot_digits(path: Path, L: int, count: int = 4, seed: int = 0, source=None) -> Path:
-    """A few test digits on the sphere: top row non-rotated, bottom row rotated (Mollweide)."""
+    """A few test digits on the sphere: non-rotated (top) and rotated (bottom), each seen from
+    outside the sphere above the digit (orthographic projection of that hemisphere)."""
     from .data import spherical_mnist
 
     plt = _pyplot()
-    theta = np.pi * (2 * np.arange(L) + 1) / (2 * L - 1)
-    phi = 2 * np.pi * np.arange(2 * L - 1) / (2 * L - 1)
-    lon, lat = np.meshgrid(phi - np.pi, np.pi / 2 - theta)
-    fig, axes = plt.subplots(2, count, figsize=(3.2 * count, 4.2), subplot_kw={"projection": "mollweide"})
+    fig, axes = plt.subplots(2, count, figsize=(2.6 * count, 5.4))
     for row, rotated in enumerate((False, True)):
         x, y = spherical_mnist("test", L, rotated, seed=seed, subset=count, source=source, progress=False)
         for i, ax in enumerate(axes[row]):
-            ax.pcolormesh(lon, lat, np.roll(x[i, 0], L - 1, axis=1), shading="nearest", cmap="gray_r")
+            _orthographic(ax, x[i, 0], L)
             ax.set_title(f"{'R' if rotated else 'NR'}: label {y[i]}", fontsize=9)
-            ax.set_xticklabels([])
-            ax.set_yticklabels([])
     fig.suptitle(f"Spherical MNIST on the MW grid, L={L} ({L}×{2 * L - 1} samples)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
