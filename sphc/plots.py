@@ -62,7 +62,7 @@ def plot_digits(path: Path, L: int, count: int = 4, seed: int = 0, source=None) 
 
 
 def _label(m: dict) -> str:
-    return "planar CNN" if m.get("baseline") else Path(m["model"]).stem
+    return "planar CNN" if m.get("baseline") else f"sphc {Path(m['model']).name}"
 
 
 def plot_curves(path: Path, runs: list[dict]) -> Path:
