@@ -88,7 +88,7 @@ def _train(args: argparse.Namespace) -> int:
         test=tuple(t.strip() for t in args.test.split(",") if t.strip()), epochs=args.epochs,
         batch=args.batch, lr=args.lr, subset=args.subset, test_subset=args.test_subset, seed=args.seed,
         baseline=args.baseline, data_path=args.data_path, checkpoint_every=args.checkpoint_every,
-        device=args.device, plots=args.plots,
+        device=args.device,
     )  # fmt: skip
     if not args.model.is_file():
         raise SphcError(f"no such model file: {args.model}")

@@ -3,7 +3,7 @@
 The experiment of the paper's first table (PAPER.md §6.1): train on non-rotated (NR) or rotated (R)
 digits, test on both. A run lives in one directory: ``checkpoint.pt`` (written atomically every
 ``checkpoint_every`` steps and at every epoch end, so an interrupted run resumes losing at most one
-interval), ``metrics.json`` and, with ``plots``, PNG pictures. The planar baseline (``baseline=
+interval) and ``metrics.json``; ``sphc train --plots`` adds PNG pictures (``plots.py``). The planar baseline (``baseline=
 "planar"``) trains an ordinary CNN on the same sampled grids seen as 2-D images.
 """
 
@@ -49,7 +49,6 @@ class TrainConfig:
     data_path: str | None = None
     checkpoint_every: int = 100
     device: str = field(default="cpu", compare=False)  # may change between resumes
-    plots: bool = field(default=False, compare=False)
 
     def __post_init__(self):
         if self.data != "spherical-mnist":
