@@ -23,6 +23,8 @@ def _pyplot():
 
 def _orthographic(ax, values: np.ndarray, L: int) -> None:
     """The hemisphere around the digit's centre of mass, seen from outside (not mirrored)."""
+    from matplotlib.patches import Circle
+
     from .data import mw_grid_points
 
     pts = mw_grid_points(L)[:-1].reshape(-1, 3)  # drop the repeated south-pole ring ...
@@ -35,7 +37,7 @@ def _orthographic(ax, values: np.ndarray, L: int) -> None:
     e2 = np.cross(v, e1)  # e1 × e2 = v points at the viewer
     vis = pts @ v > 0
     ax.tripcolor(pts[vis] @ e1, pts[vis] @ e2, w[vis], shading="gouraud", cmap="gray_r")
-    ax.add_patch(__import__("matplotlib").patches.Circle((0, 0), 1, fill=False, lw=0.8))
+    ax.add_patch(Circle((0, 0), 1, fill=False, lw=0.8))
     ax.set_xlim(-1.05, 1.05)
     ax.set_ylim(-1.05, 1.05)
     ax.set_aspect("equal")
