@@ -47,10 +47,6 @@ def decode_f64(data: str, count: int, sha256: str) -> np.ndarray:
     return np.frombuffer(raw, dtype="<f8").copy()
 
 
-def _complex(dtype: torch.dtype) -> torch.dtype:
-    return torch.complex128 if dtype == torch.float64 else torch.complex64
-
-
 class PackedWeight(nn.Module):
     """A complex (or real) weight of a padded shape of which only the ``mask`` entries exist.
 
