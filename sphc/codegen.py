@@ -28,9 +28,14 @@ def make_env() -> jinja2.Environment:
     )
 
 
+def render_template(name: str, **context: object) -> str:
+    """Render one template (the module, or a kernel template included by it; tests render kernels alone)."""
+    return make_env().get_template(name).render(**context)
+
+
 def render(plan: ModulePlan) -> str:
     """The generated module's source text (deterministic: same plan, same bytes)."""
-    text = make_env().get_template("module.py.j2").render(plan=plan)
+    text = render_template("module.py.j2", plan=plan)
     try:
         compile(text, "<sphc generated module>", "exec")
     except SyntaxError as e:

@@ -34,3 +34,13 @@ def cache_disabled() -> bool:
 def debug() -> bool:
     """``SPHC_DEBUG=1`` makes the CLI print full tracebacks instead of located diagnostics only."""
     return os.environ.get("SPHC_DEBUG", "") not in ("", "0")
+
+
+def backend_default() -> str:
+    """``SPHC_BACKEND=torch|triton|auto`` picks the kernels of models built without ``backend=``."""
+    return os.environ.get("SPHC_BACKEND", "") or "auto"
+
+
+def triton_interpreting() -> bool:
+    """Triton's own ``TRITON_INTERPRET=1``: kernels defined from now on run in its CPU interpreter."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

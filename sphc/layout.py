@@ -11,6 +11,8 @@ so the two can never disagree about the order.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 Cols = tuple[tuple[int, ...], ...]
@@ -58,3 +60,32 @@ def cg_pattern(l1: int, l2: int, l: int) -> tuple[np.ndarray, np.ndarray]:
 def cg_pattern_size(l1: int, l2: int, l: int) -> int:
     """``len(cg_pattern(l1, l2, l)[0])`` without building it."""
     return sum(max(0, min(l1, m + l2) - max(-l1, m - l2) + 1) for m in range(-l, l + 1))
+
+
+def pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+@dataclass(frozen=True)
+class TPShape:
+    """The sizes a fused TP+projection kernel is specialised to (also its plan's constants)."""
+
+    L_in: int
+    T_in: int
+    L_out: int
+    U: int
+    T1P: int
+    T2P: int
+    n_paths: int
+
+
+def kernel_paths(paths, L_out: int) -> list:
+    """The paths whose output degree the projection keeps (l < L_out), sorted by l (stable)."""
+    return sorted((p for p in paths if p[2] < L_out), key=lambda p: p[2])
+
+
+def tp_shape(L_in: int, T_in: int, L_out: int, U: int, paths) -> TPShape:
+    kept = kernel_paths(paths, L_out)
+    n1 = max([len({i for i, _ in p[3]}) for p in kept], default=1)
+    n2 = max([len({j for _, j in p[3]}) for p in kept], default=1)
+    return TPShape(L_in, T_in, L_out, U, pow2(n1), pow2(n2), len(kept))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import linecache
 import sys
 import types
 from pathlib import Path
@@ -67,9 +68,19 @@ def load(path_or_text: str | Path, module_name: str | None = None) -> types.Modu
     text, file = _read(path_or_text)
     source = compile_source(text, file)
     name = module_name or "sphc_model_" + hashlib.sha256(source.encode()).hexdigest()[:12]
+    return import_source(source, name, f"<sphc:{file}>")
+
+
+def import_source(source: str, name: str, filename: str) -> types.ModuleType:
+    """Import generated Python source as module ``name`` without writing it to disk.
+
+    The text is registered with ``linecache`` under ``filename``: ``@triton.jit`` reads a kernel's
+    source through ``inspect.getsource``, and tracebacks then show the generated lines.
+    """
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
     spec = importlib.util.spec_from_loader(name, loader=None)
     module = importlib.util.module_from_spec(spec)
-    module.__file__ = f"<sphc:{file}>"
-    exec(compile(source, module.__file__, "exec"), module.__dict__)
-    sys.modules[name] = module  # so pickling classes by reference and torch.compile can find it
+    module.__file__ = filename
+    sys.modules[name] = module  # before exec: pickling by reference, torch.compile and triton find it
+    exec(compile(source, filename, "exec"), module.__dict__)
     return module

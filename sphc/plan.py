@@ -16,7 +16,7 @@ from functools import singledispatch
 
 import numpy as np
 
-from . import __version__, cache, cg, ir
+from . import __version__, cache, cg, ir, layout
 from .analysis import Analysis, LayerInfo, Path
 from .errors import SphcError, SphcInternalError
 from .layout import cg_pattern
@@ -37,12 +37,43 @@ class TablePlan:
 
 
 @dataclass(frozen=True)
+class LinearKernelPlan:
+    """Constants baked into one layer's per-degree linear kernels (``templates/triton_linear.py.j2``).
+
+    The op is ``y[b,k,l,m,v] = Σ_{c,t} x[b,c,l,m,t] w[l,c,t,k,v]`` for l < L, |m| <= l.
+    """
+
+    prefix: str  # kernel name prefix, a Python identifier (e.g. "l3_genconv")
+    L: int
+    C: int  # input channels
+    T: int  # input columns per channel
+    K: int  # output channels
+    V: int  # output columns per channel
+
+
+@dataclass(frozen=True)
+class TPKernelPlan:
+    """Constants baked into a fused TensorProduct + GenConv-uniform kernel (``templates/triton_tp.py.j2``)."""
+
+    prefix: str
+    L_in: int
+    T_in: int  # input columns (channels merged in for cross=True)
+    L_out: int  # the GenConv's bandlimit: degrees the projection keeps
+    U: int  # tau_u
+    UP: int  # U rounded up to a power of two
+    T1P: int  # max first-factor columns of a path, power of two
+    T2P: int
+    n_paths: int
+
+
+@dataclass(frozen=True)
 class LayerPlan:
     attr: str
     ctor: str  # name in sphc.runtime
     kwargs: tuple[tuple[str, str], ...]  # (name, Python literal)
     source: str  # canonical .sph text of the layer, for a comment
     where: str  # "line L, col C" of the source layer (no file name: it is user text)
+    call: str | None  # the forward statement's right-hand side; None when fused into the next layer
 
 
 @dataclass(frozen=True)
@@ -56,6 +87,8 @@ class ModulePlan:
     layers: tuple[LayerPlan, ...]
     tables: tuple[TablePlan, ...]
     params: int
+    tp_kernels: tuple[TPKernelPlan, ...]
+    linear_kernels: tuple[LinearKernelPlan, ...]
 
 
 def _structural_values(paths: tuple[tuple[int, int, int], ...]) -> np.ndarray:
@@ -188,25 +221,87 @@ def _(layer: ir.Dense, info):
     }
 
 
-def _layer_plan(info: LayerInfo) -> LayerPlan:
+def _layer_plan(info: LayerInfo, extra: dict[str, object], call: str | None) -> LayerPlan:
     ctor, kwargs = _ctor(info.layer, info)
+    kwargs.update(extra)
     lits = tuple((k, v if isinstance(v, str) and k in _RAW else _lit(v)) for k, v in kwargs.items())
     return LayerPlan(
-        attr=f"l{info.index + 1}_{ctor.lower()}",
+        attr=_attr(info, ctor),
         ctor=ctor,
         kwargs=lits,
         source=ir.dump_layer(info.layer),
         where=f"line {info.layer.span.line}, col {info.layer.span.col}" if info.layer.span else "",
+        call=call,
     )
 
 
-_RAW = {"paths", "cg", "cols_in", "cols", "cols0"}  # already Python source, not values to repr()
+def _attr(info: LayerInfo, ctor: str) -> str:
+    return f"l{info.index + 1}_{ctor.lower()}"
+
+
+def _key(prefix: str) -> str:
+    """Source of the kernel-registry key: unique per generated module and layer."""
+    return f'__name__ + ".{prefix}"'
+
+
+_RAW = {"paths", "cg", "cols_in", "cols", "cols0", "key", "key_uniform"}  # Python source, not values
+
+
+def _linear(prefix: str, L: int, C: int, T: int, K: int, V: int) -> LinearKernelPlan:
+    return LinearKernelPlan(prefix=prefix, L=L, C=C, T=T, K=K, V=V)
+
+
+def _kernels(
+    infos: tuple[LayerInfo, ...],
+) -> tuple[list[LayerPlan], list[TPKernelPlan], list[LinearKernelPlan]]:
+    """Layer plans plus the kernels to generate: one per-degree linear kernel set per linear layer,
+    and a fused TP kernel wherever a TensorProduct feeds a GenConv (the efficient layer)."""
+    layers, tps, linears = [], [], []
+    for n, info in enumerate(infos):
+        layer, t = info.layer, info.t_in
+        attr = _attr(info, _ctor(layer, info)[0])
+        nxt = infos[n + 1] if n + 1 < len(infos) else None
+        extra: dict[str, object] = {}
+        call: str | None = f"self.{attr}(x)"
+        if isinstance(layer, ir.TensorProduct) and nxt is not None and isinstance(nxt.layer, ir.GenConv):
+            gc = nxt.layer
+            shape = layout.tp_shape(t.L, t.width * (t.C if layer.cross else 1), gc.L, gc.tau_u, _paths(info))
+            tps.append(TPKernelPlan(attr, UP=layout.pow2(gc.tau_u), **vars(shape)))
+            extra = {"project": (gc.L, gc.tau_u), "key": _key(attr)}
+            call = None
+        elif isinstance(layer, ir.GenConv):
+            prev = infos[n - 1].layer if n else None
+            linears.append(_linear(attr, layer.L, t.C, layer.tau_u, layer.K, layer.tau))
+            extra = {"key": _key(attr)}
+            if isinstance(prev, ir.TensorProduct):
+                call = f"self.{attr}.after(self.{layers[-1].attr}, x)"
+            else:
+                linears.append(_linear(attr + "_u", layer.L, 1, t.width, 1, layer.tau_u))
+                extra["key_uniform"] = _key(attr + "_u")
+        elif isinstance(layer, ir.FullGenConv):
+            linears.append(_linear(attr, layer.L, t.C, t.width, layer.K, layer.tau))
+            extra = {"key": _key(attr)}
+        elif isinstance(layer, ir.S2Conv):
+            linears.append(_linear(attr, layer.L, t.C, 1, layer.C, 2 * layer.N - 1))
+            extra = {"key": _key(attr)}
+        elif isinstance(layer, ir.SO3Conv):
+            linears.append(_linear(attr, layer.L, t.C, 2 * t.N - 1, layer.C, 2 * layer.N - 1))
+            extra = {"key": _key(attr)}
+        elif isinstance(layer, ir.ZonalConv):
+            linears.append(_linear(attr, layer.L, t.C, 1, layer.C, 1))
+            extra = {"key": _key(attr)}
+        layers.append(_layer_plan(info, extra, call))
+    return layers, tps, linears
+
+
+def _paths(info: LayerInfo) -> tuple:
+    return tuple((p.l1, p.l2, p.l, p.pairs) for p in info.paths)
 
 
 def plan(analysis: Analysis, source: str, file: str) -> ModulePlan:
     """Decide everything the module template prints."""
     try:
-        layers = tuple(_layer_plan(x) for x in analysis.layers)
+        layers, tps, linears = _kernels(analysis.layers)
     except SphcError as e:
         raise e.with_source(source) from None
     tables = []
@@ -223,7 +318,9 @@ def plan(analysis: Analysis, source: str, file: str) -> ModulePlan:
         canonical=tuple(ir.dump(analysis.model).splitlines()),
         input_shape=(inp.C, inp.L, 2 * inp.L - 1),
         input_where=repr((inp.span.file, inp.span.line, inp.span.col)) if inp.span else "None",
-        layers=layers,
+        layers=tuple(layers),
         tables=tuple(tables),
         params=analysis.params,
+        tp_kernels=tuple(tps),
+        linear_kernels=tuple(linears),
     )

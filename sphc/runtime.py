@@ -23,9 +23,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import layout
-from .errors import Span, SphcError
-from .transforms import s2_forward_2d, s2_inverse_2d, so3_forward, so3_inverse
+from . import layout, ops, triton_tp
+from .errors import Span, SphcError, SphcInternalError
+from .transforms import S2Tables, SO3Tables, s2_forward_2d, s2_inverse_2d, so3_forward, so3_inverse
 
 Where = tuple[str, int, int] | None
 
@@ -132,6 +132,7 @@ class InputSHT(nn.Module):
         self.C, self.L, self.where = C, L, where
         # follows .double()/.float()/.to() like the weights, so the input check knows the precision
         self.register_buffer("precision", torch.zeros(()), persistent=False)
+        self.tables = S2Tables(L, inverse=False)  # non-persistent buffers: the call path is pure torch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         expect = (self.C, self.L, 2 * self.L - 1)
@@ -149,7 +150,7 @@ class InputSHT(nn.Module):
                 Span(*self.where) if self.where else None,
                 hint="pass real samples of the model's dtype, or convert the model with .double() / .float()",
             )
-        return s2_forward_2d(x, self.L).unsqueeze(-1)
+        return s2_forward_2d(x, self.L, tables=self.tables).unsqueeze(-1)
 
 
 class S2Conv(nn.Module):
@@ -160,14 +161,15 @@ class S2Conv(nn.Module):
     signal whose samples a pointwise activation can act on.
     """
 
-    def __init__(self, C_in: int, C: int, L_in: int, L: int, N: int):
+    def __init__(self, C_in: int, C: int, L_in: int, L: int, N: int, key: str = ""):
         super().__init__()
-        self.L = L
+        self.L, self.key, self.backend = L, key, "auto"
         mask = np.broadcast_to(_col_mask(layout.so3_cols(L, N), 2 * N - 1), (C_in, C, L, 2 * N - 1))
         self.w = PackedWeight(mask, 1 / math.sqrt(C_in), real_axes=(3,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bclm,cklt->bklmt", _truncate(x, self.L)[..., 0], self.w())
+        w = self.w().permute(2, 0, 1, 3).unsqueeze(2)  # (l, c, 1, k, n)
+        return ops.degree_linear(_truncate(x, self.L)[..., :1], w, self.key, self.backend)
 
 
 class SO3Conv(nn.Module):
@@ -176,9 +178,9 @@ class SO3Conv(nn.Module):
     ψ is a real filter on SO(3), so real signals stay real (see ``PackedWeight``).
     """
 
-    def __init__(self, C_in: int, C: int, L_in: int, N_in: int, L: int, N: int):
+    def __init__(self, C_in: int, C: int, L_in: int, N_in: int, L: int, N: int, key: str = ""):
         super().__init__()
-        self.L = L
+        self.L, self.key, self.backend = L, key, "auto"
         out = _col_mask(layout.so3_cols(L, N), 2 * N - 1)
         inp = _col_mask(layout.so3_cols(L, N_in), 2 * N_in - 1)
         mask = np.broadcast_to(out[:, :, None] & inp[:, None, :], (C_in, C, L, 2 * N - 1, 2 * N_in - 1))
@@ -186,7 +188,8 @@ class SO3Conv(nn.Module):
         self.w = PackedWeight(mask, 1 / np.sqrt(np.maximum(fan_in, 1)), real_axes=(3, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("bclms,cklts->bklmt", _truncate(x, self.L), self.w())
+        w = self.w().permute(2, 0, 4, 1, 3)  # (l, c, n', k, n)
+        return ops.degree_linear(_truncate(x, self.L), w, self.key, self.backend)
 
 
 class ZonalConv(nn.Module):
@@ -195,14 +198,14 @@ class ZonalConv(nn.Module):
     w^l stands for √(4π/(2l+1)) ψ_l0 of a real zonal filter ψ (Esteves et al., PAPER.md §3.2).
     """
 
-    def __init__(self, C_in: int, C: int, L_in: int, L: int):
+    def __init__(self, C_in: int, C: int, L_in: int, L: int, key: str = ""):
         super().__init__()
-        self.L = L
+        self.L, self.key, self.backend = L, key, "auto"
         self.w = PackedWeight(np.ones((C_in, C, L), dtype=bool), 1 / math.sqrt(C_in), complex_=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.w().to(x.dtype)
-        return torch.einsum("bclm,ckl->bklm", _truncate(x, self.L)[..., 0], w).unsqueeze(-1)
+        w = self.w().to(x.dtype).permute(2, 0, 1)[:, :, None, :, None]  # (l, c, 1, k, 1)
+        return ops.degree_linear(_truncate(x, self.L), w, self.key, self.backend)
 
 
 def _pad(x: torch.Tensor, L: int) -> torch.Tensor:
@@ -230,18 +233,20 @@ class Pointwise(nn.Module):
         self.L_os = L * oversample
         self.N_os = min(N * oversample, self.L_os)
         self.act = _ACTIVATIONS[act]()
+        # the transform tables of the (oversampled) grid, as non-persistent buffers of this layer
+        self.tables = S2Tables(self.L_os) if domain == "s2" else SO3Tables(self.L_os, self.N_os)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.domain == "s2":
-            f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True)
-            y = s2_forward_2d(self.act(f), self.L_os)
+            f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True, tables=self.tables)
+            y = s2_forward_2d(self.act(f), self.L_os, tables=self.tables)
             return _truncate(y, self.L).unsqueeze(-1)
         flmn = x.permute(0, 1, 4, 2, 3)  # runtime (l, m, n) → the transforms' (n, l, m) layout
         T = 2 * self.N - 1
         flmn = _pad(flmn, self.L_os)
         flmn = F.pad(flmn.movedim(2, -1), (self.N_os - self.N, self.N_os - self.N)).movedim(-1, 2)
-        f = so3_inverse(flmn, self.L_os, self.N_os, real=True)
-        y = so3_forward(self.act(f), self.L_os, self.N_os)
+        f = so3_inverse(flmn, self.L_os, self.N_os, real=True, tables=self.tables)
+        y = so3_forward(self.act(f), self.L_os, self.N_os, tables=self.tables)
         y = y[:, :, self.N_os - self.N : self.N_os - self.N + T]
         return _truncate(y.permute(0, 1, 3, 4, 2), self.L)
 
@@ -251,11 +256,10 @@ class TensorProduct(nn.Module):
 
     For every path (l1, l2, l), column pair (i, j) and CG entry with m = m1 + m2:
     ``out[l, m, col(path, i, j)] += C^{lm}_{l1 m1, l2 m2} x[l1, m1, i] x[l2, m2, j]``.
-    A product x[l1, m1, i] x[l2, m2, j] recurs for every output degree l that the mixing set pairs
-    (l1, l2) with, so each distinct product is formed once, and the CG sums are one sparse matrix
-    (rows: output entries, columns: products) times the products. Batch and channels are moved
-    to the last axis first, so every gather copies whole contiguous rows. Index tables and the
-    sparse matrix pattern are built once here.
+    ``forward`` returns that expanded tensor (reference op ``sphc::tensor_product``). When the plan
+    fuses this layer with the GenConv after it (``project=(L, tau_u)``), ``project`` instead returns
+    the product already contracted with GenConv's uniform matrix (op ``sphc::tp_project``, with a
+    Triton kernel), and the expanded tensor is never formed. Index tables are built once here.
     With ``cross`` the channels are merged first, so fragments of different channels multiply.
     """
 
@@ -269,22 +273,39 @@ class TensorProduct(nn.Module):
         paths: tuple[tuple[int, int, int, tuple[tuple[int, int], ...]], ...],
         cg: np.ndarray,
         cross: bool = False,
+        project: tuple[int, int] | None = None,
+        key: str = "",
     ):
         super().__init__()
-        self.L, self.width, self.cross = L, width, cross
-        src1, src2, dst, coef = self._terms(L_in, width_in * (C if cross else 1), L, width, paths, cg)
+        self.L, self.width, self.cross, self.key, self.backend = L, width, cross, key, "auto"
+        T_in = width_in * (C if cross else 1)
+        src1, src2, dst, coef = self._terms(L_in, T_in, L, width, paths, cg)
         # distinct products (src1, src2), as one int64 key each; term k reads product inv[k]
-        n_in = L_in * (2 * L_in - 1) * width_in * (C if cross else 1)
+        n_in = L_in * (2 * L_in - 1) * T_in
         keys, inv = np.unique(src1 * n_in + src2, return_inverse=True)
         inv = inv.reshape(-1)
         # coalesced COO: rows ascending, then columns ((dst, inv) pairs are unique)
         order = np.argsort(dst * max(len(keys), 1) + inv, kind="stable")
-        self.n_out = L * (2 * L - 1) * width
-        self.register_buffer("src1", torch.from_numpy(keys // n_in), persistent=False)
-        self.register_buffer("src2", torch.from_numpy(keys % n_in), persistent=False)
-        rows_cols = np.stack([dst[order], inv[order]]).astype(np.int64)
-        self.register_buffer("cg_index", torch.from_numpy(rows_cols), persistent=False)
-        self.register_buffer("coef", torch.from_numpy(coef[order]), persistent=False)
+        ref = {
+            "src1": keys // n_in,
+            "src2": keys % n_in,
+            "cg_index": np.stack([dst[order], inv[order]]).astype(np.int64),
+            "coef": coef[order],
+        }
+        self._ref = self._buffers_from("ref_", ref)
+        self._tab: tuple[str, ...] = ()
+        if project is not None:
+            shape = layout.tp_shape(L_in, T_in, project[0], project[1], paths)
+            tables = triton_tp.build_tables(shape, width, paths, cg)
+            self._tab = self._buffers_from("tab_", {k: tables[k].numpy() for k in triton_tp.TABLE_NAMES})
+
+    def _buffers_from(self, prefix: str, arrays: dict[str, np.ndarray]) -> tuple[str, ...]:
+        """Register index tables as non-persistent buffers (they move with .to(); float ones follow .double())."""
+        for name, value in arrays.items():
+            self.register_buffer(
+                prefix + name, torch.from_numpy(np.ascontiguousarray(value)), persistent=False
+            )
+        return tuple(prefix + name for name in arrays)
 
     @staticmethod
     def _terms(L_in, T_in, L, T, paths, cg):
@@ -312,26 +333,24 @@ class TensorProduct(nn.Module):
             return empty, empty, empty, np.zeros(0)
         return tuple(np.concatenate(p) for p in zip(*parts))
 
+    def _merged(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.cross:
+            return x
+        B, C, L_in, M_in, T = x.shape  # column c*T + t of one merged channel
+        return x.permute(0, 2, 3, 1, 4).reshape(B, 1, L_in, M_in, C * T)
+
+    def _list(self, names: tuple[str, ...]) -> list[torch.Tensor]:
+        return [getattr(self, n) for n in names]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, L_in, M_in, T = x.shape
-        if self.cross:  # column c*T + t of one merged channel
-            x = x.permute(0, 2, 3, 1, 4).reshape(B, 1, L_in, M_in, C * T)
-            C = 1
-        shape = (B, C, self.L, 2 * self.L - 1, self.width)
-        if not len(self.src1):
-            return x.new_zeros(shape)
-        rows = x.reshape(B * C, -1).t().contiguous()  # (input entries, B*C)
-        prod = rows.index_select(0, self.src1) * rows.index_select(0, self.src2)
-        prod = torch.view_as_real(prod).reshape(len(self.src1), 2 * B * C)  # real: the CG values are real
-        cg = torch.sparse_coo_tensor(
-            self.cg_index,
-            self.coef.to(prod.dtype),
-            (self.n_out, len(self.src1)),
-            is_coalesced=True,
-            check_invariants=False,
-        )
-        out = torch.view_as_complex(torch.sparse.mm(cg, prod).view(self.n_out, B * C, 2))
-        return out.t().reshape(shape)
+        return ops.tensor_product(self._merged(x), self._list(self._ref), self.L, self.width)
+
+    def project(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """The tensor product contracted with ``u`` (L', width, tau_u), degrees l < L' only."""
+        if not self._tab:
+            raise SphcInternalError("TensorProduct.project needs a layer built with project=(L, tau_u)")
+        ref, tab = self._list(self._ref), self._list(self._tab)
+        return ops.tp_project(self._merged(x), u, ref, tab, self.L, self.key, self.backend)
 
 
 def _fan_std(fan: np.ndarray) -> np.ndarray:
@@ -343,14 +362,26 @@ class GenConv(nn.Module):
 
     uniform ``A = X U^l`` (one matrix shared by all channels, shrinks the many TP fragments to
     ``tau_u``), channel-wise ``B_c = A_c V^l_c`` (tau_u → tau), cross-channel
-    ``y_k = Σ_c X^l_{c,k} B_c``; plus a bias on the invariant degree-0 fragments.
+    ``y_k = Σ_c X^l_{c,k} B_c``; plus a bias on the invariant degree-0 fragments. The last two
+    run as one per-degree linear op with ``w[l,c,u,k,v] = V[c,l,u,v] X[c,k,l]``; after a
+    TensorProduct the uniform step is fused into the product (``after``).
     """
 
     def __init__(
-        self, C: int, K: int, L_in: int, width_in: int, cols_in: layout.Cols, L: int, tau: int, tau_u: int
+        self,
+        C: int,
+        K: int,
+        L_in: int,
+        width_in: int,
+        cols_in: layout.Cols,
+        L: int,
+        tau: int,
+        tau_u: int,
+        key: str = "",
+        key_uniform: str = "",
     ):
         super().__init__()
-        self.L, self.tau = L, tau
+        self.L, self.tau, self.key, self.key_uniform, self.backend = L, tau, key, key_uniform, "auto"
         live = np.array([bool(cols_in[l]) for l in range(L)])
         cm = _col_mask(cols_in[:L], width_in)
         self.u = PackedWeight(np.repeat(cm[:, :, None], tau_u, 2), _fan_std(cm.sum(1))[:, None, None])
@@ -362,10 +393,19 @@ class GenConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = _truncate(x, self.L)
-        a = torch.einsum("bclmt,ltu->bclmu", x, self.u())
-        b = torch.einsum("bclmu,cluv->bclmv", a, self.v())
-        y = torch.einsum("bclmv,ckl->bklmv", b, self.x())
-        return _add_bias(y, self.bias)
+        B, C = x.shape[:2]
+        # uniform: the same (width, tau_u) matrix for every channel, so channels join the batch
+        u = self.u().unsqueeze(1).unsqueeze(3)  # (l, 1, t, 1, u)
+        a = ops.degree_linear(x.reshape(B * C, 1, *x.shape[2:]), u, self.key_uniform, self.backend)
+        return self._mix(a.reshape(B, C, *a.shape[2:]))
+
+    def after(self, tp: TensorProduct, x: torch.Tensor) -> torch.Tensor:
+        """This layer applied to ``tp(x)``, with the uniform step fused into the tensor product."""
+        return self._mix(tp.project(x, self.u()))
+
+    def _mix(self, a: torch.Tensor) -> torch.Tensor:
+        w = torch.einsum("cluv,ckl->lcukv", self.v(), self.x())
+        return _add_bias(ops.degree_linear(a, w, self.key, self.backend), self.bias)
 
 
 def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -380,17 +420,36 @@ def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 class FullGenConv(nn.Module):
     """Unconstrained generalized convolution: y^l = x^l W^l over all (channel, column) pairs."""
 
-    def __init__(self, C: int, K: int, L_in: int, width_in: int, cols_in: layout.Cols, L: int, tau: int):
+    def __init__(
+        self,
+        C: int,
+        K: int,
+        L_in: int,
+        width_in: int,
+        cols_in: layout.Cols,
+        L: int,
+        tau: int,
+        key: str = "",
+    ):
         super().__init__()
-        self.L = L
+        self.L, self.key, self.backend = L, key, "auto"
         cm = _col_mask(cols_in[:L], width_in)
         mask = np.broadcast_to(cm[:, None, :, None, None], (L, C, width_in, K, tau))
         self.w = PackedWeight(mask, _fan_std(C * cm.sum(1))[:, None, None, None, None])
         self.bias = nn.Parameter(torch.zeros(K, tau, 2)) if cols_in[0] else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.einsum("bclmt,lctkv->bklmv", _truncate(x, self.L), self.w())
+        y = ops.degree_linear(_truncate(x, self.L), self.w(), self.key, self.backend)
         return _add_bias(y, self.bias)
+
+
+def set_backend(model: nn.Module, backend: str | None) -> str:
+    """Point every op-backed layer of ``model`` at ``backend`` (None: ``SPHC_BACKEND`` or "auto")."""
+    chosen = ops.check_backend(backend)
+    for module in model.modules():
+        if hasattr(module, "backend") and module is not model:
+            module.backend = chosen
+    return chosen
 
 
 class Norm(nn.Module):

@@ -42,9 +42,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import numbers
+from collections.abc import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from sphc.wigner import half_pi_d, wigner_d
 
@@ -142,14 +144,90 @@ def inverse_table(L: int) -> np.ndarray:
 # --------------------------------------------------------------------------------- torch tables
 
 
-@functools.lru_cache(maxsize=16)
-def _torch_forward_table(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(forward_table(L), dtype=dtype, device=device)
+class _Tables(nn.Module):
+    """Constant tables of a transform, held as non-persistent buffers: ``.to()`` / ``.cuda()`` /
+    ``.double()`` move and convert them with the module that owns them, ``state_dict`` leaves them
+    out, and the transform reads them as module attributes (no cache look-up on the call path, so
+    ``torch.compile`` traces it).
+
+    Floating tables are casts of float64 masters (``_masters``, from the cached numpy builders): after a
+    dtype conversion they are cast again from the master rather than from the previous copy, so
+    ``.double()`` of a float32 model transforms exactly like a model built in float64.  Integer index
+    tables only move.
+    """
+
+    def _masters(self) -> dict[str, Callable[[], np.ndarray]]:
+        """Buffer name -> a call returning the float64 numpy master of that floating table."""
+        raise NotImplementedError
+
+    def _add(self, name: str, value: np.ndarray, dtype: torch.dtype, device: torch.device | None) -> None:
+        kind = dtype if np.issubdtype(value.dtype, np.floating) else torch.long
+        self.register_buffer(name, torch.tensor(value, dtype=kind, device=device), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        before = {name: b.dtype for name, b in self._buffers.items() if b is not None}
+        super()._apply(fn, recurse)
+        masters = self._masters()
+        for name, b in self._buffers.items():
+            if b is not None and b.is_floating_point() and b.dtype != before[name] and name in masters:
+                self._buffers[name] = torch.tensor(masters[name](), dtype=b.dtype, device=b.device)
+        return self
+
+
+def _s2_parity(L: int) -> tuple[np.ndarray, np.ndarray]:
+    """(-1)^m (re, -im) as real pairs, for m = 0 .. L-1 and for m = L-1 .. 1 (the reality symmetry
+    f_{l,-m} = (-1)^m conj(f_lm) applied to (re, im) pairs)."""
+    pos = ((-1.0) ** np.arange(L))[:, None] * np.array([1.0, -1.0])
+    return pos, pos[1:][::-1].copy()
+
+
+class S2Tables(_Tables):
+    """The S² tables of bandlimit L for ``s2_forward_2d`` / ``s2_inverse_2d(..., tables=)``.
+
+    Buffers: ``fwd`` = ``forward_table(L)`` [m, l, t] and/or ``inv`` = ``inverse_table(L)`` [m, t, l]
+    (float, (2L-1, L, L) each), ``conj_pos`` (L, 2) and ``conj_neg`` (L-1, 2), the reality signs of
+    ``_s2_parity``.  Built in ``dtype`` (default: torch's default dtype) on ``device``.
+    """
+
+    def __init__(
+        self,
+        L: int,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+        forward: bool = True,
+        inverse: bool = True,
+    ):
+        super().__init__()
+        _check_L("S2Tables", L)
+        self.L = int(L)
+        self.sizes = (self.L,)
+        dtype = dtype or torch.get_default_dtype()
+        names = ["conj_pos", "conj_neg"] + ["fwd"] * forward + ["inv"] * inverse
+        masters = self._masters()
+        for name in names:
+            self._add(name, masters[name](), dtype, device)
+
+    def _masters(self) -> dict[str, Callable[[], np.ndarray]]:
+        return {
+            "fwd": functools.partial(forward_table, self.L),
+            "inv": functools.partial(inverse_table, self.L),
+            "conj_pos": lambda: _s2_parity(self.L)[0],
+            "conj_neg": lambda: _s2_parity(self.L)[1],
+        }
+
+    def extra_repr(self) -> str:
+        return f"L={self.L}, " + ", ".join(n for n in ("fwd", "inv") if n in self._buffers)
 
 
 @functools.lru_cache(maxsize=16)
-def _torch_inverse_table(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    return torch.tensor(inverse_table(L), dtype=dtype, device=device)
+def _torch_forward_table(L: int, dtype: torch.dtype, device: torch.device) -> S2Tables:
+    """The tables the table-less ``s2_forward_2d`` uses, one set per (L, dtype, device)."""
+    return S2Tables(L, dtype, device, inverse=False)
+
+
+@functools.lru_cache(maxsize=16)
+def _torch_inverse_table(L: int, dtype: torch.dtype, device: torch.device) -> S2Tables:
+    return S2Tables(L, dtype, device, forward=False)
 
 
 @functools.lru_cache(maxsize=32)
@@ -243,9 +321,9 @@ def _theta_matmul(table: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return torch.bmm(table, rows).view(M, n_out, nb, 2).permute(2, 1, 0, 3)
 
 
-def _forward_2d(f: torch.Tensor, L: int) -> torch.Tensor:
+def _forward_2d(f: torch.Tensor, L: int, tables: S2Tables) -> torch.Tensor:
     lead, f = f.shape[:-2], f.reshape(-1, L, 2 * L - 1)
-    table = _torch_forward_table(L, _REAL_OF[f.dtype], f.device)  # [m, l, t]
+    table = tables.fwd  # [m, l, t]
     if f.is_complex():
         rings = torch.fft.fftshift(torch.fft.fft(f, dim=-1, norm="forward"), dim=-1)  # [b, t, L-1+m]
         out = torch.view_as_complex(_theta_matmul(table, rings).contiguous())
@@ -260,22 +338,15 @@ def _forward_2d(f: torch.Tensor, L: int) -> torch.Tensor:
     out = f.new_empty(nb, L, 2 * L - 1, 2)
     cols = out.permute(2, 0, 3, 1)  # [m, b, re/im, l] view of the output
     cols[L - 1 :] = half
-    cols[: L - 1] = half[1:].flip(0) * _conj_parity(L, f.dtype, f.device)[:, None, :, None]
+    cols[: L - 1] = half[1:].flip(0) * tables.conj_neg[:, None, :, None]  # f_{l,-m} = (-1)^m conj f_lm
     return torch.view_as_complex(out).view(*lead, L, 2 * L - 1)
 
 
-@functools.lru_cache(maxsize=32)
-def _conj_parity(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(-1)^m (re, -im) for m = -(L-1) .. -1: f_{l,m} = (-1)^m conj(f_{l,-m}) as real pairs."""
-    sign = torch.tensor([(-1.0) ** m for m in range(L - 1, 0, -1)], dtype=dtype, device=device)
-    return torch.stack([sign, -sign], dim=-1)
-
-
-def _inverse_2d(flm2d: torch.Tensor, L: int, real: bool) -> torch.Tensor:
+def _inverse_2d(flm2d: torch.Tensor, L: int, real: bool, tables: S2Tables) -> torch.Tensor:
     precision = _REAL_OF[flm2d.dtype]
     lead = flm2d.shape[:-2]
     flm2d = flm2d.to(_COMPLEX_OF[precision]).reshape(-1, L, 2 * L - 1)
-    table = _torch_inverse_table(L, precision, flm2d.device)  # [m, t, l]
+    table = tables.inv  # [m, t, l]
     if not real:
         rings = torch.view_as_complex(_theta_matmul(table, flm2d).contiguous())
         f = torch.fft.ifft(torch.fft.ifftshift(rings, dim=-1), dim=-1, norm="forward")  # Σ_m F_m e^{i m phi}
@@ -284,8 +355,7 @@ def _inverse_2d(flm2d: torch.Tensor, L: int, real: bool) -> torch.Tensor:
     # formed directly in the bmm's layout (m >= 0, (b, re/im), l); the 1/2 is applied to the bmm output.
     nb = flm2d.shape[0]
     cols = torch.view_as_real(flm2d).permute(2, 0, 3, 1)  # [m, b, re/im, l] view
-    parity = _conj_parity(L, precision, flm2d.device)  # m = -(L-1) .. -1
-    sign = torch.cat([parity.new_tensor([[1.0, -1.0]]), parity.flip(0)])  # (-1)^m (re, -im), m = 0 .. L-1
+    sign = tables.conj_pos  # (-1)^m (re, -im), m = 0 .. L-1
     g = cols.new_empty(L, nb, 2, L)
     g[...] = torch.addcmul(cols[L - 1 :], cols[:L].flip(0), sign[:, None, :, None])  # 2 g, m = 0 .. L-1
     y = torch.bmm(g.view(L, 2 * nb, L), table[L - 1 :].transpose(1, 2))  # [m >= 0, (b, re/im), t]
@@ -308,35 +378,64 @@ def flm_1d_to_2d(flm: torch.Tensor, L: int) -> torch.Tensor:
     return _to_2d(flm, L)
 
 
-def s2_forward_2d(f: torch.Tensor, L: int) -> torch.Tensor:
+def _check_tables(
+    fn: str, tables: _Tables, kind: type, sizes: tuple[int, ...], x: torch.Tensor, need: str
+) -> None:
+    """Tables passed to a transform must be of its kind and bandlimits, hold ``need``, and match the
+    data's precision and device (a module's tables follow its ``.double()`` / ``.to()``)."""
+    if not isinstance(tables, kind):
+        raise TypeError(f"{fn}: tables must be {kind.__name__}, got {type(tables).__name__}")
+    if tables.sizes != sizes:
+        raise ValueError(f"{fn}: tables are for {tables.sizes} but the transform is for {sizes}")
+    table = getattr(tables, need, None)
+    if table is None:
+        raise ValueError(f"{fn}: the {kind.__name__} passed were built without the {need!r} table")
+    if table.dtype != _REAL_OF[x.dtype] or table.device != x.device:
+        raise ValueError(
+            f"{fn}: tables are {table.dtype} on {table.device} but the data are {x.dtype} on {x.device}"
+        )
+
+
+def s2_forward_2d(f: torch.Tensor, L: int, tables: S2Tables | None = None) -> torch.Tensor:
     """Samples (..., L, 2L-1), real or complex -> complex coefficients (..., L, 2L-1) in the 2-D layout.
 
-    Equals ``pyssht.forward(f, L, Method='MW')`` for any samples (exact for bandlimit L).
+    Equals ``pyssht.forward(f, L, Method='MW')`` for any samples (exact for bandlimit L).  ``tables``
+    (an ``S2Tables(L)`` of the data's precision and device, e.g. a module's buffers) replaces the
+    per-(L, dtype, device) cache, so the call traces under ``torch.compile``.
     """
     _check_grid("s2_forward_2d", f, L, "samples", _MW_GRID)
-    return _forward_2d(f, L)
+    if tables is None:
+        tables = _torch_forward_table(L, _REAL_OF[f.dtype], f.device)
+    _check_tables("s2_forward_2d", tables, S2Tables, (L,), f, "fwd")
+    return _forward_2d(f, L, tables)
 
 
-def s2_inverse_2d(flm2d: torch.Tensor, L: int, real: bool = False) -> torch.Tensor:
+def s2_inverse_2d(
+    flm2d: torch.Tensor, L: int, real: bool = False, tables: S2Tables | None = None
+) -> torch.Tensor:
     """Coefficients (..., L, 2L-1) in the 2-D layout -> samples (..., L, 2L-1) on the MW grid.
 
     Entries with |m| > l are ignored.  ``real=True`` returns the real part of the synthesis as a float
-    tensor, which is the signal itself when flm obeys f_{l,-m} = (-1)^m conj(f_lm).
+    tensor, which is the signal itself when flm obeys f_{l,-m} = (-1)^m conj(f_lm).  ``tables`` as for
+    ``s2_forward_2d``.
     """
     _check_grid("s2_inverse_2d", flm2d, L, "coefficients", _LAYOUT_2D)
-    return _inverse_2d(flm2d, L, real)
+    if tables is None:
+        tables = _torch_inverse_table(L, _REAL_OF[flm2d.dtype], flm2d.device)
+    _check_tables("s2_inverse_2d", tables, S2Tables, (L,), flm2d, "inv")
+    return _inverse_2d(flm2d, L, real, tables)
 
 
 def s2_forward(f: torch.Tensor, L: int) -> torch.Tensor:
     """Samples (..., L, 2L-1) -> complex coefficients (..., L*L) in pyssht's layout l^2+l+m."""
     _check_grid("s2_forward", f, L, "samples", _MW_GRID)
-    return _to_1d(_forward_2d(f, L), L)
+    return _to_1d(_forward_2d(f, L, _torch_forward_table(L, _REAL_OF[f.dtype], f.device)), L)
 
 
 def s2_inverse(flm: torch.Tensor, L: int, real: bool = False) -> torch.Tensor:
     """Coefficients (..., L*L) in pyssht's layout -> samples (..., L, 2L-1); see ``s2_inverse_2d``."""
     _check_flat("s2_inverse", flm, L)
-    return _inverse_2d(_to_2d(flm, L), L, real)
+    return _inverse_2d(_to_2d(flm, L), L, real, _torch_inverse_table(L, _REAL_OF[flm.dtype], flm.device))
 
 
 # ===================================================================================== SO(3)
@@ -476,6 +575,10 @@ def _so3_d_tables_cached(L: int, N: int) -> tuple[np.ndarray, ...]:
     return tables
 
 
+def _so3_d_table(L: int, N: int, bucket: int) -> np.ndarray:
+    return _so3_d_tables_cached(L, N)[bucket]
+
+
 def _so3_d_tables(plan: _SO3Plan) -> list[np.ndarray]:
     """Per bucket b: D_b[c, t, l - l0_b] = d^l_{m_c n_c}(beta_t), float64 (C_b, L, L - l0_b)."""
     L = plan.L
@@ -512,68 +615,88 @@ def so3_quadrature(L: int) -> np.ndarray:
     return out
 
 
-@dataclasses.dataclass(frozen=True)
-class _SO3PathTensors:
-    """Flat column indices (row * (2L-1) + column) of each slot, on the tables' device."""
+class _SO3PathTensors(nn.Module):
+    """One path's slot bookkeeping as buffers: flat column indices (row * (2L-1) + column) of each slot
+    and its signs, with the block list and ``n_even`` of its ``_SO3Path`` as plain attributes."""
 
-    path: _SO3Path
-    natural: torch.Tensor  # into the FFT-ordered (n, m) columns of this path
-    target: torch.Tensor  # into the output columns of this path (n >= 0 rows only for "half")
-    source: torch.Tensor  # into the full coefficient layout [N-1+n, L-1+m]
-    mirror: torch.Tensor  # (-n, -m) in the full coefficient layout
-    sign: torch.Tensor  # (slots, 1, 1)
-    mirror_sign: torch.Tensor  # (slots, 1, 2, 1): (-1)^{m+n} (1, -1), i.e. conj times the reality sign
+    def __init__(self, path: _SO3Path, L: int, N: int, dtype: torch.dtype, device: torch.device | None):
+        super().__init__()
+        self.blocks, self.n_even = path.blocks, path.n_even
+        n, m = path.nm
+        alt = 1.0 - 2.0 * ((n + m) % 2)  # (-1)^{m+n}
+        buffers = {
+            "natural": (path.natural, True),  # into the FFT-ordered (n, m) columns of this path
+            "target": (path.target, True),  # into the output columns of this path (n >= 0 rows for "half")
+            "source": ((N - 1 + n, L - 1 + m), True),  # into the full coefficient layout [N-1+n, L-1+m]
+            "mirror": ((N - 1 - n, L - 1 - m), True),  # (-n, -m) in the full coefficient layout
+            "sign": (path.sign[:, None, None], False),  # (slots, 1, 1)
+            # (slots, 1, 2, 1): (-1)^{m+n} (1, -1), i.e. conj times the reality sign
+            "mirror_sign": (alt[:, None, None, None] * np.array([1.0, -1.0])[:, None], False),
+        }
+        for name, (value, index) in buffers.items():
+            if index:
+                t = torch.tensor(value[0] * (2 * L - 1) + value[1], dtype=torch.long, device=device)
+            else:  # signs: +-1, exact in every dtype
+                t = torch.tensor(value, dtype=dtype, device=device)
+            self.register_buffer(name, t, persistent=False)
 
 
-@dataclasses.dataclass(frozen=True)
-class _SO3Tables:
-    d: tuple[torch.Tensor, ...]  # per bucket (C_b, L, L - l0_b)
-    quad_t: torch.Tensor  # (2, L, L): Q[p] transposed, for right multiplication
-    synth_l: torch.Tensor  # (L,): (2l+1) / (8 pi^2)
-    full: _SO3PathTensors
-    half: _SO3PathTensors
-    neg_sign: torch.Tensor  # (N-1, 1, 2L-1): (-1)^{m+n} for n = -(N-1) .. -1
+class SO3Tables(_Tables):
+    """The SO(3) tables of bandlimits (L, N) for ``so3_forward`` / ``so3_inverse(..., tables=)``.
 
+    Buffers: ``d0``, ``d1``, ... (``d``: per lmin bucket, (C_b, L, L - l0_b)), ``quad_t`` (2, L, L) (the
+    beta quadrature Q[p] transposed, for right multiplication), ``synth_l`` (L,) = (2l+1) / (8 pi^2),
+    ``neg_sign`` (N-1, 1, 2L-1) = (-1)^{m+n} for n = -(N-1) .. -1; submodules ``full_path`` and
+    ``half_path`` (``_SO3PathTensors``: the complex and the real-signal paths).  Built in ``dtype``
+    (default: torch's default dtype) on ``device``; ``so3_table_nbytes`` gives their size.
+    """
 
-def _so3_path_tensors(
-    path: _SO3Path, L: int, N: int, dtype: torch.dtype, device: torch.device
-) -> _SO3PathTensors:
-    n, m = path.nm
+    def __init__(
+        self, L: int, N: int, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ):
+        super().__init__()
+        _check_L("SO3Tables", L)
+        if isinstance(N, bool) or not isinstance(N, numbers.Integral) or not 1 <= N <= L:
+            raise ValueError(f"SO3Tables: N must be an integer with 1 <= N <= L, got N={N!r} for L={L}")
+        self.L, self.N = int(L), int(N)
+        self.sizes = (self.L, self.N)
+        dtype = dtype or torch.get_default_dtype()
+        plan = _so3_plan(self.L, self.N)
+        self.n_buckets = len(plan.l0)
+        for name, master in self._masters().items():
+            self._add(name, master(), dtype, device)
+        self.full_path = _SO3PathTensors(plan.full, self.L, self.N, dtype, device)
+        self.half_path = _SO3PathTensors(
+            plan.half, self.L, self.N, dtype, device
+        )  # (``half`` is Module.half)
 
-    def flat(row: np.ndarray, col: np.ndarray) -> torch.Tensor:
-        return torch.tensor(row * (2 * L - 1) + col, dtype=torch.long, device=device)
+    def _masters(self) -> dict[str, Callable[[], np.ndarray]]:
+        L, N = self.L, self.N
+        m = np.arange(-(L - 1), L)
+        n = np.arange(-(N - 1), 0)
+        masters = {f"d{b}": functools.partial(_so3_d_table, L, N, b) for b in range(len(_so3_plan(L, N).l0))}
+        masters["quad_t"] = lambda: so3_quadrature(L).transpose(0, 2, 1)
+        masters["synth_l"] = lambda: (2 * np.arange(L) + 1) / (8 * np.pi**2)
+        masters["neg_sign"] = lambda: 1.0 - 2.0 * ((n[:, None, None] + m) % 2)
+        return masters
 
-    alt = 1.0 - 2.0 * ((n + m) % 2)  # (-1)^{m+n}
-    return _SO3PathTensors(
-        path=path,
-        natural=flat(*path.natural),
-        target=flat(*path.target),
-        source=flat(N - 1 + n, L - 1 + m),
-        mirror=flat(N - 1 - n, L - 1 - m),
-        sign=torch.tensor(path.sign[:, None, None], dtype=dtype, device=device),
-        mirror_sign=torch.tensor(
-            alt[:, None, None, None] * np.array([1.0, -1.0])[:, None], dtype=dtype, device=device
-        ),
-    )
+    @property
+    def d(self) -> tuple[torch.Tensor, ...]:
+        """The d^l_{mn}(beta_t) tables, one per lmin bucket."""
+        return tuple(getattr(self, f"d{b}") for b in range(self.n_buckets))
+
+    def extra_repr(self) -> str:
+        return f"L={self.L}, N={self.N}"
 
 
 @functools.lru_cache(maxsize=8)
-def _so3_tables(L: int, N: int, dtype: torch.dtype, device: torch.device) -> _SO3Tables:
-    plan = _so3_plan(L, N)
-    m = np.arange(-(L - 1), L)
-    n = np.arange(-(N - 1), 0)
-    return _SO3Tables(
-        d=tuple(torch.tensor(t, dtype=dtype, device=device) for t in _so3_d_tables_cached(L, N)),
-        quad_t=torch.tensor(so3_quadrature(L).transpose(0, 2, 1), dtype=dtype, device=device),
-        synth_l=torch.tensor((2 * np.arange(L) + 1) / (8 * np.pi**2), dtype=dtype, device=device),
-        full=_so3_path_tensors(plan.full, L, N, dtype, device),
-        half=_so3_path_tensors(plan.half, L, N, dtype, device),
-        neg_sign=torch.tensor(1.0 - 2.0 * ((n[:, None, None] + m) % 2), dtype=dtype, device=device),
-    )
+def _so3_tables(L: int, N: int, dtype: torch.dtype, device: torch.device) -> SO3Tables:
+    """The tables the table-less ``so3_forward`` / ``so3_inverse`` use, one set per (L, N, dtype, device)."""
+    return SO3Tables(L, N, dtype, device)
 
 
 def so3_table_nbytes(L: int, N: int, dtype: torch.dtype = torch.float64) -> int:
-    """Bytes held by the cached tables of one (L, N, dtype, device): d values, quadrature, indices, signs."""
+    """Bytes held by one ``SO3Tables(L, N, dtype)`` (the buffers): d values, quadrature, indices, signs."""
     plan = _so3_plan(L, N)
     item = torch.empty((), dtype=dtype).element_size()
     d = sum(len(p) * L * (L - l0) for p, l0 in zip(plan.pairs, plan.l0))
@@ -596,14 +719,15 @@ def _from_cols(y: torch.Tensor, n: int) -> torch.Tensor:
     return y.reshape(n, cols // n, b2 // 2, 2, k).permute(2, 0, 4, 1, 3)
 
 
-def _so3_beta_forward(x: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors, n_out: int) -> torch.Tensor:
+def _so3_beta_forward(x: torch.Tensor, tables: SO3Tables, pt: _SO3PathTensors, n_out: int) -> torch.Tensor:
     """x (slots, 2B, t) in slot order -> (n_out * (2L-1), 2B, l) in target order: sign * sum_t' d (Q x)."""
     L = x.shape[-1]
-    n_even = pt.path.n_even
+    n_even = pt.n_even
     by_parity = (x[:n_even] @ tables.quad_t[0], x[n_even:] @ tables.quad_t[1])
     out = x.new_zeros(n_out * (2 * L - 1), x.shape[1], L)
-    for bucket, c0, c1, s, first, parity in pt.path.blocks:
-        table = tables.d[bucket][c0:c1]  # (C, t, L - l0)
+    d = tables.d
+    for bucket, c0, c1, s, first, parity in pt.blocks:
+        table = d[bucket][c0:c1]  # (C, t, L - l0)
         rows = slice(first, first + (c1 - c0) * s)
         start = first - (n_even if parity else 0)
         block = by_parity[parity][start : start + (c1 - c0) * s].reshape(c1 - c0, s * x.shape[1], L)
@@ -614,12 +738,13 @@ def _so3_beta_forward(x: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors, 
     return out
 
 
-def _so3_beta_inverse(z: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors) -> torch.Tensor:
+def _so3_beta_inverse(z: torch.Tensor, tables: SO3Tables, pt: _SO3PathTensors) -> torch.Tensor:
     """z (slots, 2B, l) scaled, in slot order -> (slots, 2B, t) in FFT column order: sum_l d z."""
     L = z.shape[-1]
     out = torch.empty_like(z)
-    for bucket, c0, c1, s, first, _ in pt.path.blocks:
-        table = tables.d[bucket][c0:c1]
+    d = tables.d
+    for bucket, c0, c1, s, first, _ in pt.blocks:
+        table = d[bucket][c0:c1]
         rows = slice(first, first + (c1 - c0) * s)
         block = z[rows].reshape(c1 - c0, s * z.shape[1], L)[..., L - table.shape[-1] :]
         vals = torch.bmm(block, table.transpose(1, 2)).reshape((c1 - c0) * s, z.shape[1], L)
@@ -627,35 +752,35 @@ def _so3_beta_inverse(z: torch.Tensor, tables: _SO3Tables, pt: _SO3PathTensors) 
     return out
 
 
-def _so3_forward(f: torch.Tensor, L: int, N: int) -> torch.Tensor:
+def _so3_forward(f: torch.Tensor, L: int, N: int, tables: SO3Tables) -> torch.Tensor:
     lead, g, a = f.shape[:-3], 2 * N - 1, 2 * L - 1
     if f.numel() == 0:  # MKL's FFT rejects empty batches
         return f.new_zeros(f.shape, dtype=_COMPLEX_OF[_REAL_OF[f.dtype]])
     f = f.reshape(-1, g, L, a)
-    tables = _so3_tables(L, N, _REAL_OF[f.dtype], f.device)
     if f.is_complex():
         rings = torch.fft.fftn(f, dim=(-3, -1), norm="forward")  # FFT order in n and m
-        x = _to_cols(rings).index_select(0, tables.full.natural)
-        flmn = torch.view_as_complex(_from_cols(_so3_beta_forward(x, tables, tables.full, g), g).contiguous())
+        x = _to_cols(rings).index_select(0, tables.full_path.natural)
+        flmn = torch.view_as_complex(
+            _from_cols(_so3_beta_forward(x, tables, tables.full_path, g), g).contiguous()
+        )
     else:
         rings = torch.fft.fft(torch.fft.rfft(f, dim=-3, norm="forward"), dim=-1, norm="forward")  # n >= 0
-        x = _to_cols(rings).index_select(0, tables.half.natural)
+        x = _to_cols(rings).index_select(0, tables.half_path.natural)
         out = x.new_empty(x.shape[1] // 2, g, L, a, 2)
-        out[:, N - 1 :] = _from_cols(_so3_beta_forward(x, tables, tables.half, N), N)
+        out[:, N - 1 :] = _from_cols(_so3_beta_forward(x, tables, tables.half_path, N), N)
         flmn = torch.view_as_complex(out)
         # real signals: f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn})
         flmn[:, : N - 1] = torch.conj(torch.flip(flmn[:, N:], dims=(1, 3))) * tables.neg_sign
     return flmn.reshape(*lead, g, L, a)
 
 
-def _so3_inverse(flmn: torch.Tensor, L: int, N: int, real: bool) -> torch.Tensor:
+def _so3_inverse(flmn: torch.Tensor, L: int, N: int, real: bool, tables: SO3Tables) -> torch.Tensor:
     lead, g, a = flmn.shape[:-3], 2 * N - 1, 2 * L - 1
     precision = _REAL_OF[flmn.dtype]
     if flmn.numel() == 0:
         return flmn.new_zeros(flmn.shape, dtype=precision if real else _COMPLEX_OF[precision])
     flmn = flmn.to(_COMPLEX_OF[precision]).reshape(-1, g, L, a)
-    tables = _so3_tables(L, N, precision, flmn.device)
-    pt = tables.half if real else tables.full
+    pt = tables.half_path if real else tables.full_path
     cols = _to_cols(flmn)
     scale = pt.sign * tables.synth_l
     if real:
@@ -692,23 +817,34 @@ def _check_so3(fn: str, x: torch.Tensor, L: int, N: int, what: str, layout: str)
     _check_tensor(fn, x, what, "(..., {}, {}, {})".format(*shape), f"L={L}, N={N}", layout, ok)
 
 
-def so3_forward(f: torch.Tensor, L: int, N: int) -> torch.Tensor:
+def so3_forward(f: torch.Tensor, L: int, N: int, tables: SO3Tables | None = None) -> torch.Tensor:
     """Samples (..., 2N-1, L, 2L-1) on the MW SO(3) grid, real or complex -> complex flmn (..., 2N-1, L, 2L-1).
 
     flmn[..., N-1+n, l, L-1+m] = f^l_{mn} = int f(rho) D^l_{mn}(rho) drho by the MW quadrature: equal to
     the MW forward transform of ``so3`` for any samples, exact for signals with bandlimits (L, N); zero
     where |m| > l or |n| > l.  Real input takes a half-size path and fills n < 0 from
-    f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn}).
+    f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn}).  ``tables`` (an ``SO3Tables(L, N)`` of the data's precision and
+    device, e.g. a module's buffers) replaces the per-(L, N, dtype, device) cache, so the call traces under
+    ``torch.compile``.
     """
     _check_so3("so3_forward", f, L, N, "samples", _SO3_GRID)
-    return _so3_forward(f, L, N)
+    if tables is None:
+        tables = _so3_tables(L, N, _REAL_OF[f.dtype], f.device)
+    _check_tables("so3_forward", tables, SO3Tables, (L, N), f, "quad_t")
+    return _so3_forward(f, L, N, tables)
 
 
-def so3_inverse(flmn: torch.Tensor, L: int, N: int, real: bool = False) -> torch.Tensor:
+def so3_inverse(
+    flmn: torch.Tensor, L: int, N: int, real: bool = False, tables: SO3Tables | None = None
+) -> torch.Tensor:
     """flmn (..., 2N-1, L, 2L-1) -> samples (..., 2N-1, L, 2L-1) of sum_lmn (2l+1)/(8pi^2) f^l_{mn} conj(D^l_{mn}).
 
     Entries with |m| > l or |n| > l are ignored.  ``real=True`` returns the real part of the synthesis
     as a float tensor (the signal itself when f^l_{-m,-n} = (-1)^{m+n} conj(f^l_{mn})), at half the cost.
+    ``tables`` as for ``so3_forward``.
     """
     _check_so3("so3_inverse", flmn, L, N, "coefficients", _SO3_LAYOUT)
-    return _so3_inverse(flmn, L, N, real)
+    if tables is None:
+        tables = _so3_tables(L, N, _REAL_OF[flmn.dtype], flmn.device)
+    _check_tables("so3_inverse", tables, SO3Tables, (L, N), flmn, "quad_t")
+    return _so3_inverse(flmn, L, N, real, tables)

@@ -1,0 +1,290 @@
+"""The custom ops every generated model calls, and the choice between torch and Triton behind them.
+
+Each op is a ``torch.library.custom_op`` with a fake (meta) implementation and a registered
+backward, so ``torch.compile(model, fullgraph=True)`` sees one opaque node per layer on every
+device and DDP / autograd see ordinary differentiable ops. Inside, the op runs either the
+reference torch code (``runtime`` semantics, any device) or the layer's generated Triton kernels
+(``register_kernels`` is called by the generated module at import), as the layer's ``backend``
+says:
+
+* ``"auto"`` — Triton on CUDA tensors, torch elsewhere;
+* ``"torch"`` — always the reference;
+* ``"triton"`` — always the kernels: CUDA, or CPU tensors in Triton's interpreter when
+  ``TRITON_INTERPRET=1`` was set before the model was loaded.
+
+A layer without a kernel for its case runs the reference and says so once (``warn_once``) —
+never a silent slow path. Tables (index arrays, CG values) are passed as tensor arguments, so a
+module moved with ``.to()`` carries them and the ops stay stateless.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from . import launch
+from .config import backend_default
+from .errors import SphcError
+
+BACKENDS = ("auto", "torch", "triton")
+_KERNELS: dict[str, object] = {}
+_WARNED: set[str] = set()
+
+
+def register_kernels(key: str, kernels: object) -> None:
+    """Called by a generated module for each of its kernel sets (same key → same kernels)."""
+    _KERNELS[key] = kernels
+
+
+def check_backend(backend: str | None) -> str:
+    """``None`` → ``SPHC_BACKEND`` or ``"auto"``; anything unknown is an error that names the choices."""
+    chosen = backend_default() if backend is None else backend
+    if chosen not in BACKENDS:
+        raise SphcError(f"unknown backend {chosen!r}: expected one of {', '.join(BACKENDS)}")
+    return chosen
+
+
+def warn_once(what: str, message: str) -> None:
+    if what not in _WARNED:
+        _WARNED.add(what)
+        warnings.warn(f"sphc: {message}", RuntimeWarning, stacklevel=3)
+
+
+def use_triton(backend: str, key: str, x: torch.Tensor, layer: str) -> bool:
+    """Whether this call runs generated kernels; errors or warns once where it cannot."""
+    if backend == "torch" or (backend == "auto" and not x.is_cuda):
+        return False
+    if key not in _KERNELS:
+        warn_once(key, f"{layer} has no Triton kernel for this case; it runs the torch reference")
+        return False
+    if not x.is_cuda and not launch.interpreting():
+        raise SphcError(
+            f"{layer}: backend='triton' on {x.device} tensors needs TRITON_INTERPRET=1 (Triton's CPU "
+            "interpreter) set before the model is loaded, or a CUDA device",
+            hint="use backend='torch' (or 'auto') on CPU",
+        )
+    return True
+
+
+def kernels(key: str):
+    return _KERNELS[key]
+
+
+# --- fused tensor product + uniform projection --------------------------------------------------
+
+
+def tp_reference(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
+    """The channel-wise CG tensor product (B, C, L, 2L-1, width) of ``runtime.TensorProduct``.
+
+    Each distinct product x[src1] x[src2] is formed once; the CG sums are one sparse matrix (rows:
+    output entries, columns: products) times them. ``ref`` = (src1, src2, cg_index, coef).
+    """
+    src1, src2, cg_index, coef = ref
+    B, C = x.shape[:2]
+    n_out = L * (2 * L - 1) * width
+    if not len(src1):
+        return x.new_zeros(B, C, L, 2 * L - 1, width)
+    rows = x.reshape(B * C, -1).t().contiguous()  # (input entries, B*C)
+    prod = rows.index_select(0, src1) * rows.index_select(0, src2)
+    prod = torch.view_as_real(prod).reshape(len(src1), 2 * B * C)  # real: the CG values are real
+    cg = torch.sparse_coo_tensor(
+        cg_index, coef.to(prod.dtype), (n_out, len(src1)), is_coalesced=True, check_invariants=False
+    )
+    out = torch.view_as_complex(torch.sparse.mm(cg, prod).view(n_out, B * C, 2))
+    return out.t().reshape(B, C, L, 2 * L - 1, width)
+
+
+def tp_reference_backward(
+    g: torch.Tensor, x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int
+) -> torch.Tensor:
+    """grad x of ``tp_reference`` (written out: custom-op bodies run below autograd).
+
+    For a product x[s1] x[s2] reaching output rows with real coefficients C, its gradient is
+    G = Σ C g[row] (the transposed sparse matrix), and x[s1] receives conj(x[s2]) G, x[s2] conj(x[s1]) G.
+    """
+    src1, src2, cg_index, coef = ref
+    B, C = x.shape[:2]
+    n_out = L * (2 * L - 1) * width
+    if not len(src1):
+        return torch.zeros_like(x)
+    rows = x.reshape(B * C, -1).t().contiguous()
+    g_rows = torch.view_as_real(g.reshape(B * C, n_out).t().contiguous()).reshape(n_out, 2 * B * C)
+    cg_t = torch.sparse_coo_tensor(
+        cg_index.flip(0), coef.to(g_rows.dtype), (len(src1), n_out), check_invariants=False
+    ).coalesce()
+    gprod = torch.view_as_complex(torch.sparse.mm(cg_t, g_rows).view(len(src1), B * C, 2))
+    grad = torch.zeros_like(rows)
+    grad.index_add_(0, src1, rows.index_select(0, src2).conj() * gprod)
+    grad.index_add_(0, src2, rows.index_select(0, src1).conj() * gprod)
+    return grad.t().reshape(x.shape)
+
+
+def _truncated(t: torch.Tensor, L: int) -> torch.Tensor:
+    L_in = t.shape[2]
+    return t[:, :, :L, L_in - L : L_in - 1 + L]
+
+
+def _tp_project_reference(x, u, ref, L_tp):
+    return torch.einsum("bclmt,ltu->bclmu", _truncated(tp_reference(x, ref, L_tp, u.shape[1]), u.shape[0]), u)
+
+
+def _tp_project_reference_backward(g, x, u, ref, L_tp):
+    L, width = u.shape[0], u.shape[1]
+    t = _truncated(tp_reference(x, ref, L_tp, width), L)
+    gu = torch.einsum("bclmt,bclmu->ltu", t.conj(), g)
+    gt = x.new_zeros(x.shape[0], x.shape[1], L_tp, 2 * L_tp - 1, width)
+    _truncated(gt, L).copy_(torch.einsum("bclmu,ltu->bclmt", g, u.conj()))
+    return tp_reference_backward(gt, x, ref, L_tp, width), gu
+
+
+def _tables(tab: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    from .triton_tp import TABLE_NAMES
+
+    return dict(zip(TABLE_NAMES, tab))
+
+
+@torch.library.custom_op("sphc::tp_project", mutates_args=())
+def tp_project(
+    x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], tab: list[torch.Tensor], L_tp: int, key: str,
+    backend: str,
+) -> torch.Tensor:  # fmt: skip
+    """a[b,c,l,m,:] = Σ_col TP(x)[b,c,l,m,col] U[l,col,:] for l < L = u.shape[0], TP never stored."""
+    if use_triton(backend, key, x, key):
+        return kernels(key).forward(x, u, _tables(tab))
+    return _tp_project_reference(x, u, ref, L_tp)
+
+
+@tp_project.register_fake
+def _(x, u, ref, tab, L_tp, key, backend):
+    L = u.shape[0]
+    return x.new_empty(x.shape[0], x.shape[1], L, 2 * L - 1, u.shape[2])
+
+
+@torch.library.custom_op("sphc::tp_project_backward", mutates_args=())
+def tp_project_backward(
+    g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], tab: list[torch.Tensor],
+    L_tp: int, key: str, backend: str,
+) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    if use_triton(backend, key, x, key):
+        return kernels(key).backward(g, x, u, _tables(tab))
+    return _tp_project_reference_backward(g, x, u, ref, L_tp)
+
+
+@tp_project_backward.register_fake
+def _(g, x, u, ref, tab, L_tp, key, backend):
+    return torch.empty_like(x), torch.empty_like(u)
+
+
+def _tp_setup(ctx, inputs, output):
+    x, u, ref, tab, L_tp, key, backend = inputs
+    ctx.save_for_backward(x, u, *ref, *tab)
+    ctx.meta = (len(ref), L_tp, key, backend)
+
+
+def _tp_backward(ctx, g):
+    n_ref, L_tp, key, backend = ctx.meta
+    x, u, *rest = ctx.saved_tensors
+    ref, tab = rest[:n_ref], rest[n_ref:]
+    gx, gu = tp_project_backward(g.contiguous(), x, u, ref, tab, L_tp, key, backend)
+    return gx, gu, [None] * len(ref), [None] * len(tab), None, None, None
+
+
+tp_project.register_autograd(_tp_backward, setup_context=_tp_setup)
+
+
+@torch.library.custom_op("sphc::tensor_product", mutates_args=())
+def tensor_product(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
+    """The unfused tensor product (a TensorProduct not followed by GenConv): reference path only."""
+    return tp_reference(x, ref, L, width)
+
+
+@tensor_product.register_fake
+def _(x, ref, L, width):
+    return x.new_empty(x.shape[0], x.shape[1], L, 2 * L - 1, width)
+
+
+@torch.library.custom_op("sphc::tensor_product_backward", mutates_args=())
+def tensor_product_backward(
+    g: torch.Tensor, x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int
+) -> torch.Tensor:
+    return tp_reference_backward(g, x, ref, L, width)
+
+
+@tensor_product_backward.register_fake
+def _(g, x, ref, L, width):
+    return torch.empty_like(x)
+
+
+def _tpu_setup(ctx, inputs, output):
+    x, ref, L, width = inputs
+    ctx.save_for_backward(x, *ref)
+    ctx.meta = (L, width)
+
+
+def _tpu_backward(ctx, g):
+    x, *ref = ctx.saved_tensors
+    return tensor_product_backward(g.contiguous(), x, ref, *ctx.meta), [None] * len(ref), None, None
+
+
+tensor_product.register_autograd(_tpu_backward, setup_context=_tpu_setup)
+
+
+# --- per-degree linear maps ------------------------------------------------------------------------
+
+
+def degree_linear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """y[b,k,l,m,v] = Σ_{c,t} x[b,c,l,m,t] w[l,c,t,k,v] on |m| <= l (other rows are zero by layout)."""
+    return (
+        torch.einsum("bclmt,lctkv->bklmv", x, w) * _order_mask(w.shape[0], x.real.dtype, x.device)[:, :, None]
+    )
+
+
+def _order_mask(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(L, 2L-1): 1 where |m| <= l, the rows a harmonic tensor really has."""
+    m = torch.arange(2 * L - 1, device=device) - (L - 1)
+    return (m.abs()[None, :] <= torch.arange(L, device=device)[:, None]).to(dtype)
+
+
+@torch.library.custom_op("sphc::degree_linear", mutates_args=())
+def degree_linear(x: torch.Tensor, w: torch.Tensor, key: str, backend: str) -> torch.Tensor:
+    """One grouped complex linear map per degree: S2Conv, SO3Conv, ZonalConv, GenConv (V∘X), FullGenConv."""
+    if use_triton(backend, key, x, key):
+        return kernels(key).forward(x, w)
+    return degree_linear_reference(x, w)
+
+
+@degree_linear.register_fake
+def _(x, w, key, backend):
+    L = w.shape[0]
+    return x.new_empty(x.shape[0], w.shape[3], L, 2 * L - 1, w.shape[4])
+
+
+@torch.library.custom_op("sphc::degree_linear_backward", mutates_args=())
+def degree_linear_backward(
+    g: torch.Tensor, x: torch.Tensor, w: torch.Tensor, key: str, backend: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if use_triton(backend, key, x, key):
+        return kernels(key).backward(g, x, w)
+    g = g * _order_mask(w.shape[0], g.real.dtype, g.device)[:, :, None]
+    return torch.einsum("bklmv,lctkv->bclmt", g, w.conj()), torch.einsum("bclmt,bklmv->lctkv", x.conj(), g)
+
+
+@degree_linear_backward.register_fake
+def _(g, x, w, key, backend):
+    return torch.empty_like(x), torch.empty_like(w)
+
+
+def _dl_setup(ctx, inputs, output):
+    x, w, key, backend = inputs
+    ctx.save_for_backward(x, w)
+    ctx.meta = (key, backend)
+
+
+def _dl_backward(ctx, g):
+    x, w = ctx.saved_tensors
+    gx, gw = degree_linear_backward(g.contiguous(), x, w, *ctx.meta)
+    return gx, gw, None, None
+
+
+degree_linear.register_autograd(_dl_backward, setup_context=_dl_setup)
