@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -136,3 +137,68 @@ def machine() -> str:
 
 def verdict(value: float, target: float) -> str:
     return "PASS" if value <= target else "FAIL"
+
+
+# ---------------------------------------------------------------- cost growth with L (bench_layer, bench_kernels)
+
+#: The paper's asymptotic cost of one tensor product per mixing set (PAPER.md), as fitted exponents.
+GROWTH_CLAIMS = {"full": "O(L^5) → 5", "mst": "O(L^4) → 4", "rmst": "O(L^3 log L) → ~3.3-3.6"}
+
+
+def loglog_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(ys) against log(xs): the fitted exponent of ys ~ xs^k."""
+    lx = [math.log(x) for x in xs]
+    ly = [math.log(y) for y in ys]
+    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
+    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
+
+
+def growth_tables(
+    results: dict[tuple[str, int], tuple[float, int, float]],
+    title: str,
+    cost_name: str = "MACs",
+    cost_unit: str = "M MAC",
+    cost_scale: float = 1e-6,
+) -> tuple[str, str]:
+    """(time table, slope table) of a cost-growth measurement.
+
+    ``results[(mix, L)] = (seconds, paths, analytic cost)``; mixes appear in ``GROWTH_CLAIMS`` order,
+    each fitted over the L it has (at least two). The analytic cost (MACs, FLOPs) is fitted the same
+    way: it is the noise-free reference for the measured exponent.
+    """
+    mixes = [m for m in GROWTH_CLAIMS if any(k[0] == m for k in results)]
+    Ls = sorted({L for _, L in results})
+    rows = []
+    for L in Ls:
+        row = [str(L)]
+        for mix in mixes:
+            if (mix, L) in results:
+                t, n, c = results[(mix, L)]
+                row.append(f"{fmt_s(t)} ({n} paths, {c * cost_scale:.2f}{cost_unit})")
+            else:
+                row.append("-")
+        rows.append(row)
+    t1 = table(("L", *mixes), rows, title)
+    fits = []
+    for mix in mixes:
+        xs = [L for L in Ls if (mix, L) in results]
+        if len(xs) < 2:
+            fits.append((mix, "-", "-", "-", GROWTH_CLAIMS[mix]))
+            continue
+        ts = [results[(mix, L)][0] for L in xs]
+        cs = [results[(mix, L)][2] for L in xs]
+        fits.append(
+            (
+                mix,
+                f"{loglog_slope(xs, ts):.2f}",
+                f"{loglog_slope(xs, cs):.2f}",
+                f"{loglog_slope(xs[-2:], ts[-2:]):.2f}",
+                GROWTH_CLAIMS[mix],
+            )
+        )
+    t2 = table(
+        ("mix", "fitted exponent, time", f"fitted exponent, {cost_name}", "local slope, last 2 L", "paper"),
+        fits,
+        f"log-log slopes over L = {', '.join(map(str, Ls))}",
+    )
+    return t1, t2

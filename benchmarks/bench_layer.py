@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -51,7 +50,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from _common import REPO, fmt_mib, fmt_s, machine, median, table  # noqa: E402
+from _common import (  # noqa: E402
+    GROWTH_CLAIMS,
+    REPO,
+    fmt_mib,
+    fmt_s,
+    growth_tables,
+    machine,
+    median,
+    table,
+)
 
 
 def model_text(L: int, K: int, tau: int, tau_u: int, mix: str = "mst") -> str:
@@ -357,11 +365,9 @@ def growth(Ls, batch: int, repeats: int) -> tuple[str, str]:
 
     import sphc
 
-    rows, fits = [], []
-    claims = {"full": "O(L^5) → 5", "mst": "O(L^4) → 4", "rmst": "O(L^3 log L) → ~3.3-3.6"}
     results = {}
     layers = {}
-    for mix in ("full", "mst", "rmst"):
+    for mix in GROWTH_CLAIMS:
         for L in Ls:
             text = model_text(L, 4, 2, 4, mix)
             torch.manual_seed(0)
@@ -378,36 +384,11 @@ def growth(Ls, batch: int, repeats: int) -> tuple[str, str]:
                 t = time.perf_counter()
                 tp(x)
                 reps.append(time.perf_counter() - t)
-    for mix in ("full", "mst", "rmst"):
-        ts = [min(layers[(mix, L)][4]) for L in Ls]  # min: the least noisy estimate on a shared machine
-        macs = [layers[(mix, L)][3] for L in Ls]
-        for L, t in zip(Ls, ts):
-            results[(mix, L)] = (t, layers[(mix, L)][2], layers[(mix, L)][3])
-        fits.append((mix, _slope(Ls, ts), _slope(Ls, macs), _slope(Ls[-2:], ts[-2:]), claims[mix]))
-    for L in Ls:
-        row = [str(L)]
-        for mix in ("full", "mst", "rmst"):
-            t, n, m = results[(mix, L)]
-            row.append(f"{fmt_s(t)} ({n} paths, {m / 1e6:.2f}M MAC)")
-        rows.append(row)
-    t1 = table(
-        ("L", "full", "mst", "rmst"),
-        rows,
-        f"TensorProduct forward time vs L (min of {repeats}; batch {batch}, C=4, tau=2, float32)",
+    for (mix, L), (_, _, n, macs, reps) in layers.items():
+        results[(mix, L)] = (min(reps), n, macs)  # min: the least noisy estimate on a shared machine
+    return growth_tables(
+        results, f"TensorProduct forward time vs L (min of {repeats}; batch {batch}, C=4, tau=2, float32)"
     )
-    t2 = table(
-        ("mix", "fitted exponent, time", "fitted exponent, MACs", "local slope, last 2 L", "paper"),
-        [(m, f"{a:.2f}", f"{b:.2f}", f"{c:.2f}", d) for m, a, b, c, d in fits],
-        f"log-log slopes over L = {', '.join(map(str, Ls))}",
-    )
-    return t1, t2
-
-
-def _slope(xs, ys) -> float:
-    lx = [math.log(x) for x in xs]
-    ly = [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
 
 
 # ---------------------------------------------------------------- main

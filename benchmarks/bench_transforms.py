@@ -499,7 +499,10 @@ def s2_table_bytes(L: int) -> list[tuple[str, int | None]]:
                 t = fn(L, dtype, cpu)  # a cache hit after the transforms above
             except TypeError:
                 continue
-            nbytes = t.nbytes if isinstance(t, torch.Tensor) else sum(x.nbytes for x in t)
+            if isinstance(t, torch.nn.Module):  # an S2Tables: its buffers
+                nbytes = sum(x.nbytes for x in t.buffers())
+            else:
+                nbytes = t.nbytes if isinstance(t, torch.Tensor) else sum(x.nbytes for x in t)
             out.append((f"torch `{name}`, {str(dtype).replace('torch.', '')}", int(nbytes)))
     return out
 

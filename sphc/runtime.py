@@ -278,6 +278,7 @@ class TensorProduct(nn.Module):
     ):
         super().__init__()
         self.L, self.width, self.cross, self.key, self.backend = L, width, cross, key, "auto"
+        self.in_shape = (C, L_in, width_in)
         T_in = width_in * (C if cross else 1)
         src1, src2, dst, coef = self._terms(L_in, T_in, L, width, paths, cg)
         # distinct products (src1, src2), as one int64 key each; term k reads product inv[k]

@@ -33,8 +33,11 @@ any samples, bandlimited or not.  SO(3) applies the same quadrature as two L x L
 parity of m+n) followed by a table of d^l_{mn}(beta_t) shared with the inverse, so it equals the MW
 forward transform of ``so3`` (a spin -n ssht transform per n) for any samples; the d table is compressed
 by the symmetries of d and its triangular support (see the SO(3) section).  Tables are built once in
-float64, cached per L or (L, N) (numpy) and per dtype and device (torch); a transform is FFTs plus
-batched matmuls, O(L^3) (S^2) or O(N L^3) (SO(3)) per signal, with no Python loop over its data.
+float64 and cached per L or (L, N) (numpy); their torch copies are modules of buffers (``S2Tables``,
+``SO3Tables``) that a model layer owns and passes as ``tables=`` (so ``.to()`` moves them and
+``torch.compile`` traces the call), or that the table-less calls cache per dtype and device.  A
+transform is FFTs plus batched matmuls, O(L^3) (S^2) or O(N L^3) (SO(3)) per signal, with no Python
+loop over its data.
 """
 
 from __future__ import annotations
@@ -725,7 +728,7 @@ def _so3_beta_forward(x: torch.Tensor, tables: SO3Tables, pt: _SO3PathTensors, n
     n_even = pt.n_even
     by_parity = (x[:n_even] @ tables.quad_t[0], x[n_even:] @ tables.quad_t[1])
     out = x.new_zeros(n_out * (2 * L - 1), x.shape[1], L)
-    d = tables.d
+    d, sign, target = tables.d, pt.sign, pt.target  # module attributes, read once
     for bucket, c0, c1, s, first, parity in pt.blocks:
         table = d[bucket][c0:c1]  # (C, t, L - l0)
         rows = slice(first, first + (c1 - c0) * s)
@@ -733,8 +736,8 @@ def _so3_beta_forward(x: torch.Tensor, tables: SO3Tables, pt: _SO3PathTensors, n
         block = by_parity[parity][start : start + (c1 - c0) * s].reshape(c1 - c0, s * x.shape[1], L)
         vals = torch.bmm(block, table).reshape((c1 - c0) * s, x.shape[1], -1)
         if parity:  # orbits with m+n even have sign +1 throughout
-            vals = vals * pt.sign[rows]
-        out[..., L - table.shape[-1] :].index_copy_(0, pt.target[rows], vals)
+            vals = vals * sign[rows]
+        out[..., L - table.shape[-1] :].index_copy_(0, target[rows], vals)
     return out
 
 
@@ -742,13 +745,13 @@ def _so3_beta_inverse(z: torch.Tensor, tables: SO3Tables, pt: _SO3PathTensors) -
     """z (slots, 2B, l) scaled, in slot order -> (slots, 2B, t) in FFT column order: sum_l d z."""
     L = z.shape[-1]
     out = torch.empty_like(z)
-    d = tables.d
+    d, natural = tables.d, pt.natural
     for bucket, c0, c1, s, first, _ in pt.blocks:
         table = d[bucket][c0:c1]
         rows = slice(first, first + (c1 - c0) * s)
         block = z[rows].reshape(c1 - c0, s * z.shape[1], L)[..., L - table.shape[-1] :]
         vals = torch.bmm(block, table.transpose(1, 2)).reshape((c1 - c0) * s, z.shape[1], L)
-        out.index_copy_(0, pt.natural[rows], vals)
+        out.index_copy_(0, natural[rows], vals)
     return out
 
 

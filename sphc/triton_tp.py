@@ -124,7 +124,13 @@ class TPKernels:
                 f"fused TP kernel built for other shapes: x {tuple(x.shape)}, u {tuple(u.shape)}"
             )
 
-    def forward(self, x: torch.Tensor, u: torch.Tensor, tables: dict[str, torch.Tensor]) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        u: torch.Tensor,
+        tables: dict[str, torch.Tensor],
+        config: launch.Config | None = None,
+    ) -> torch.Tensor:
         self._check(x, u)
         B, C = x.shape[:2]
         BC = B * C
@@ -136,11 +142,17 @@ class TPKernels:
         self.fwd.run(
             lambda meta: (self.L_out, triton_cdiv(BC, meta["BLOCK"])),
             xt, w, out, t["path_start"], t["path_l12"], t["col1"], t["col2"], t["row_off"], cg, BC,
+            config=config,
         )  # fmt: skip
         return _from_batch_last(out, B, C)
 
     def backward(
-        self, g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, tables: dict[str, torch.Tensor]
+        self,
+        g: torch.Tensor,
+        x: torch.Tensor,
+        u: torch.Tensor,
+        tables: dict[str, torch.Tensor],
+        config: launch.Config | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, u)
         B, C = x.shape[:2]
@@ -161,6 +173,7 @@ class TPKernels:
         self.bwd.run(
             lambda meta: (self.L_out, triton_cdiv(BC, meta["BLOCK"])),
             xt, w, gt, gx, gw, t["path_start"], t["path_l12"], t["col1"], t["col2"], t["row_off"], cg, BC,
+            config=config,
         )  # fmt: skip
         gw = torch.view_as_complex(gw.sum(0))[..., : self.U].reshape(-1, self.U)
         flat = torch.zeros(self.L_out * u.shape[1] + 1, self.U, dtype=u.dtype, device=u.device)
