@@ -51,6 +51,33 @@ class LinearKernelPlan:
     V: int  # output columns per channel
 
 
+#: A fused TP kernel is generated unrolled (every CG value a literal) up to this many non-zero
+#: CG entries; larger layers get the table-driven kernel, whose code size does not grow with L.
+UNROLL_MAX_ENTRIES = 384
+
+
+@dataclass(frozen=True)
+class UnrolledEntry:
+    m1: int
+    m2: int
+    coef: str  # repr() of the float64 CG value: round-trips exactly
+
+
+@dataclass(frozen=True)
+class UnrolledPath:
+    p: int  # index among the kernel's paths (layout.kernel_paths order)
+    l1: int
+    l2: int
+    rows: tuple[tuple[UnrolledEntry, ...], ...]  # per order of the degree, aligned with mms
+
+
+@dataclass(frozen=True)
+class UnrolledDegree:
+    l: int
+    mms: tuple[int, ...]  # output rows L_out-1+m for |m| <= l
+    paths: tuple[UnrolledPath, ...]
+
+
 @dataclass(frozen=True)
 class TPKernelPlan:
     """Constants baked into a fused TensorProduct + GenConv-uniform kernel (``templates/triton_tp.py.j2``)."""
@@ -64,6 +91,38 @@ class TPKernelPlan:
     T1P: int  # max first-factor columns of a path, power of two
     T2P: int
     n_paths: int
+    unrolled: tuple[UnrolledDegree, ...] = ()  # empty: the table-driven kernel
+
+
+def _unrolled(paths: tuple, cg_values: np.ndarray, L_out: int) -> tuple[UnrolledDegree, ...]:
+    """Every output row's CG entries as literals, or () when the layer is too large to unroll."""
+    offsets, off = {}, 0
+    for l1, l2, l, _ in paths:
+        offsets[(l1, l2, l)] = off
+        off += layout.cg_pattern_size(l1, l2, l)
+    kept = layout.kernel_paths(paths, L_out)
+    rows: dict[tuple[int, int], list[UnrolledEntry]] = {}
+    total = 0
+    for p, (l1, l2, l, _) in enumerate(kept):
+        m, m1 = layout.cg_pattern(l1, l2, l)
+        values = cg_values[offsets[(l1, l2, l)] : offsets[(l1, l2, l)] + len(m)]
+        for mi, m1i, v in zip(m.tolist(), m1.tolist(), values.tolist()):
+            entries = rows.setdefault((p, mi), [])
+            if v != 0.0:  # exact zeros (parity) are skipped: the point of unrolling
+                entries.append(UnrolledEntry(m1i, mi - m1i, repr(float(v))))
+                total += 1
+    if total > UNROLL_MAX_ENTRIES:
+        return ()
+    degrees = []
+    for l in range(L_out):
+        mms = tuple(L_out - 1 + m for m in range(-l, l + 1))
+        ps = tuple(
+            UnrolledPath(p, l1, l2, tuple(tuple(rows[(p, m)]) for m in range(-l, l + 1)))
+            for p, (l1, l2, lp, _) in enumerate(kept)
+            if lp == l
+        )
+        degrees.append(UnrolledDegree(l, mms, ps))
+    return tuple(degrees)
 
 
 @dataclass(frozen=True)
@@ -266,7 +325,10 @@ def _kernels(
         if isinstance(layer, ir.TensorProduct) and nxt is not None and isinstance(nxt.layer, ir.GenConv):
             gc = nxt.layer
             shape = layout.tp_shape(t.L, t.width * (t.C if layer.cross else 1), gc.L, gc.tau_u, _paths(info))
-            tps.append(TPKernelPlan(attr, UP=layout.pow2(gc.tau_u), **vars(shape)))
+            paths = _paths(info)
+            cg_values = _structural_values(tuple(p[:3] for p in paths))
+            unrolled = _unrolled(paths, cg_values, gc.L)
+            tps.append(TPKernelPlan(attr, UP=layout.pow2(gc.tau_u), **vars(shape), unrolled=unrolled))
             extra = {"project": (gc.L, gc.tau_u), "key": _key(attr)}
             call = None
         elif isinstance(layer, ir.GenConv):

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 import sphc
-from sphc import launch, ops
+from sphc import launch, ops, plan
 from sphc.errors import SphcError
+from sphc.pipeline import import_source
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 
@@ -28,20 +29,28 @@ CASES = {
 }
 
 
+MODES = ("table", "unrolled")  # the plan's choice, forced either way through its threshold
+
+
 @pytest.fixture(scope="module")
 def layers():
-    """``layers(name)`` → (TensorProduct, GenConv) of a model whose kernels run interpreted on CPU."""
+    """``layers(name, mode)`` → (TensorProduct, GenConv) of a model whose kernels run interpreted on CPU."""
     mp = pytest.MonkeyPatch()
     mp.setenv("TRITON_INTERPRET", "1")  # before @triton.jit runs
     built = {}
 
-    def get(name: str):
-        if name not in built:
-            model = sphc.load(CASES[name]).Model(backend="triton")
+    def get(name: str, mode: str = "table"):
+        if (name, mode) not in built:
+            with pytest.MonkeyPatch.context() as m:
+                m.setattr(plan, "UNROLL_MAX_ENTRIES", 10**9 if mode == "unrolled" else 0)
+                source = sphc.compile_source(CASES[name])
+            assert ("Unrolled: every" in source) == (mode == "unrolled")
+            name_ = f"sphc_test_tp_{name.replace('-', '_')}_{mode}"
+            model = import_source(source, name_, f"<sphc:{name_}>").Model(backend="triton")
             mods = list(model.children())
             tp = next(m for m in mods if type(m).__name__ == "TensorProduct")
-            built[name] = (tp, mods[mods.index(tp) + 1])
-        return built[name]
+            built[name, mode] = (tp, mods[mods.index(tp) + 1])
+        return built[name, mode]
 
     yield get
     mp.undo()
@@ -71,10 +80,14 @@ def _close(got, want, dtype, what):
     assert err <= TOL[dtype] * scale, f"{what}: max error {err:.3e} (scale {scale:.3g})"
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("name", sorted(set(CASES) - {"tiny"}))
-def test_kernel_matches_reference(layers, name, dtype):
-    tp, gc = layers(name)
+@pytest.mark.parametrize(
+    ("name", "mode", "dtype"),
+    [(n, "table", d) for n in sorted(set(CASES) - {"tiny"}) for d in (torch.float64, torch.float32)]
+    + [(n, "unrolled", torch.float64) for n in ("tiny", "cross", "rmst-so3")]
+    + [("tiny", "unrolled", torch.float32)],
+)
+def test_kernel_matches_reference(layers, name, mode, dtype):
+    tp, gc = layers(name, mode)
     tp.to(dtype)
     x, u = _inputs(tp, gc, dtype)
     results = {}
@@ -94,9 +107,10 @@ def test_kernel_matches_reference(layers, name, dtype):
     assert results["torch"][0].abs().max() > 0.1  # a real signal went through
 
 
-def test_every_config_runs(layers):
+@pytest.mark.parametrize("mode", MODES)
+def test_every_config_runs(layers, mode):
     """Each point of the config space (block, warps, stages) gives the same numbers."""
-    tp, gc = layers("tiny")
+    tp, gc = layers("tiny", mode)
     tp.to(torch.float64)
     x, u = _inputs(tp, gc, torch.float64, B=3)
     kern, tables = ops.kernels(tp.key), ops._tables(tp._list(tp._tab))

@@ -68,25 +68,118 @@ def l2_tensorproduct_load_pair(x_ptr, l1, m1, c1, l2, m2, c2, bc, bcm, BC):
 
 
 @triton.jit
-def l2_tensorproduct_path_row(x_ptr, cg_ptr, l1, l2, m, k0, k1, c1, c2, bc, bcm, BC, BLOCK: tl.constexpr):
-    """One path's tensor-product block at output order m: Σ_{m1} C · f1[m1, i] f2[m - m1, j] (i, j flattened)."""
-    tp_r = tl.full([L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK], 0.0, x_ptr.dtype.element_ty)
-    tp_i = tl.full([L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK], 0.0, x_ptr.dtype.element_ty)
-    lo = tl.maximum(-l1, m - l2)
-    for e in range(k0, k1):
-        m1 = lo + (e - k0)
-        coef = tl.load(cg_ptr + e)
-        a_r, a_i, b_r, b_i, _, _, _, _ = l2_tensorproduct_load_pair(x_ptr, l1, m1, c1, l2, m - m1, c2, bc, bcm, BC)
-        tp_r += coef * (a_r[:, None, :] * b_r[None, :, :] - a_i[:, None, :] * b_i[None, :, :])
-        tp_i += coef * (a_r[:, None, :] * b_i[None, :, :] + a_i[:, None, :] * b_r[None, :, :])
-    return tl.reshape(tp_r, [L2_TENSORPRODUCT_Q, BLOCK]), tl.reshape(tp_i, [L2_TENSORPRODUCT_Q, BLOCK])
+def l2_tensorproduct_entry(x_ptr, tp_r, tp_i, l1, m1, c1, l2, m2, c2, bc, bcm, BC, coef):
+    """tp[i, j] += C f1[m1, i] f2[m2, j] for one CG entry."""
+    a_r, a_i, b_r, b_i, _, _, _, _ = l2_tensorproduct_load_pair(x_ptr, l1, m1, c1, l2, m2, c2, bc, bcm, BC)
+    tp_r += coef * (a_r[:, None, :] * b_r[None, :, :] - a_i[:, None, :] * b_i[None, :, :])
+    tp_i += coef * (a_r[:, None, :] * b_i[None, :, :] + a_i[:, None, :] * b_r[None, :, :])
+    return tp_r, tp_i
+
+
+@triton.jit
+def l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, l1, m1, c1, l2, m2, c2, bc, bcm, BC, coef):
+    """Recompute one entry's products and push its gradient into both input fragments (atomics)."""
+    a_r, a_i, b_r, b_i, base1, base2, mask1, mask2 = l2_tensorproduct_load_pair(x_ptr, l1, m1, c1, l2, m2, c2, bc, bcm, BC)
+    tp_r += coef * (a_r[:, None, :] * b_r[None, :, :] - a_i[:, None, :] * b_i[None, :, :])
+    tp_i += coef * (a_r[:, None, :] * b_i[None, :, :] + a_i[:, None, :] * b_r[None, :, :])
+    # d/d f1[i] = C Σ_j conj(f2[j]) G[i, j];  d/d f2[j] = C Σ_i conj(f1[i]) G[i, j]
+    ga_r = coef * tl.sum(b_r[None, :, :] * G_r + b_i[None, :, :] * G_i, 1)
+    ga_i = coef * tl.sum(b_r[None, :, :] * G_i - b_i[None, :, :] * G_r, 1)
+    gb_r = coef * tl.sum(a_r[:, None, :] * G_r + a_i[:, None, :] * G_i, 0)
+    gb_i = coef * tl.sum(a_r[:, None, :] * G_i - a_i[:, None, :] * G_r, 0)
+    tl.atomic_add(gx_ptr + base1[:, None] + bc[None, :], ga_r, mask=mask1, sem="relaxed")
+    tl.atomic_add(gx_ptr + base1[:, None] + BC + bc[None, :], ga_i, mask=mask1, sem="relaxed")
+    tl.atomic_add(gx_ptr + base2[:, None] + bc[None, :], gb_r, mask=mask2, sem="relaxed")
+    tl.atomic_add(gx_ptr + base2[:, None] + BC + bc[None, :], gb_i, mask=mask2, sem="relaxed")
+    return tp_r, tp_i
+
+
+@triton.jit
+def l2_tensorproduct_literal(x_ptr, COEF: tl.constexpr):
+    """A CG value printed into the source, at the input's precision (a bare float literal is fp32)."""
+    return tl.full([], COEF, x_ptr.dtype.element_ty)
+
+
+@triton.jit
+def l2_tensorproduct_cols(col1, col2, p, i1, i2):
+    c1 = tl.load(col1 + p * L2_TENSORPRODUCT_T1P + i1)
+    c2 = tl.load(col2 + p * L2_TENSORPRODUCT_T2P + i2)
+    return c1, c2
+
+
+@triton.jit
+def l2_tensorproduct_zero_block(x_ptr, BLOCK: tl.constexpr):
+    zero = tl.full([L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK], 0.0, x_ptr.dtype.element_ty)
+    return zero, zero
+
+
+@triton.jit
+def l2_tensorproduct_weights(w_ptr, p, qq, uu):
+    wb = ((qq + p * L2_TENSORPRODUCT_Q)[:, None] * L2_TENSORPRODUCT_UP + uu[None, :]) * 2
+    return tl.load(w_ptr + wb), tl.load(w_ptr + wb + 1)
+
+
+@triton.jit
+def l2_tensorproduct_project(w_ptr, p, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK: tl.constexpr):
+    """acc[u] += Σ_(i,j) W[p, i, j, u] tp[i, j]: the uniform projection of one path's block."""
+    w_r, w_i = l2_tensorproduct_weights(w_ptr, p, qq, uu)
+    t_r = tl.reshape(tp_r, [L2_TENSORPRODUCT_Q, BLOCK])
+    t_i = tl.reshape(tp_i, [L2_TENSORPRODUCT_Q, BLOCK])
+    acc_r += tl.sum(w_r[:, :, None] * t_r[:, None, :] - w_i[:, :, None] * t_i[:, None, :], 0)
+    acc_i += tl.sum(w_r[:, :, None] * t_i[:, None, :] + w_i[:, :, None] * t_r[:, None, :], 0)
+    return acc_r, acc_i
+
+
+@triton.jit
+def l2_tensorproduct_store_row(out_ptr, l, mm, acc_r, acc_i, uu, bc, bcm, BC):
+    ob = ((l * L2_TENSORPRODUCT_M_OUT + mm) * L2_TENSORPRODUCT_U + uu) * 2 * BC
+    om = (uu < L2_TENSORPRODUCT_U)[:, None] & bcm[None, :]
+    tl.store(out_ptr + ob[:, None] + bc[None, :], acc_r, mask=om)
+    tl.store(out_ptr + ob[:, None] + BC + bc[None, :], acc_i, mask=om)
+
+
+@triton.jit
+def l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, mm, uu, bc, bcm, BC, BLOCK: tl.constexpr):
+    """The output gradient g of row (l, mm) and G[i, j] = Σ_u conj(W[i, j, u]) g[u], the gradient
+    reaching the path's TP block."""
+    gb = ((l * L2_TENSORPRODUCT_M_OUT + mm) * L2_TENSORPRODUCT_U + uu) * 2 * BC
+    gm = (uu < L2_TENSORPRODUCT_U)[:, None] & bcm[None, :]
+    g_r = tl.load(g_ptr + gb[:, None] + bc[None, :], mask=gm, other=0.0)
+    g_i = tl.load(g_ptr + gb[:, None] + BC + bc[None, :], mask=gm, other=0.0)
+    G_r = tl.sum(w_r[:, :, None] * g_r[None, :, :] + w_i[:, :, None] * g_i[None, :, :], 1)
+    G_i = tl.sum(w_r[:, :, None] * g_i[None, :, :] - w_i[:, :, None] * g_r[None, :, :], 1)
+    G_r = tl.reshape(G_r, [L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK])
+    G_i = tl.reshape(G_i, [L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK])
+    return g_r, g_i, G_r, G_i
+
+
+@triton.jit
+def l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK: tl.constexpr):
+    """grad W[q, u] += Σ_bc conj(tp[q]) g[u]."""
+    t_r = tl.reshape(tp_r, [L2_TENSORPRODUCT_Q, BLOCK])
+    t_i = tl.reshape(tp_i, [L2_TENSORPRODUCT_Q, BLOCK])
+    dw_r += tl.sum(t_r[:, None, :] * g_r[None, :, :] + t_i[:, None, :] * g_i[None, :, :], 2)
+    dw_i += tl.sum(t_r[:, None, :] * g_i[None, :, :] - t_i[:, None, :] * g_r[None, :, :], 2)
+    return dw_r, dw_i
+
+
+@triton.jit
+def l2_tensorproduct_store_weight_grad(gw_ptr, blk, p, dw_r, dw_i, qq, uu):
+    """Partial grad W of (block, path): each owned by one program, so no atomics and deterministic."""
+    db = ((qq + (blk * L2_TENSORPRODUCT_PATHS + p) * L2_TENSORPRODUCT_Q)[:, None] * L2_TENSORPRODUCT_UP + uu[None, :]) * 2
+    tl.store(gw_ptr + db, dw_r)
+    tl.store(gw_ptr + db + 1, dw_i)
 
 
 @triton.jit
 def l2_tensorproduct_fwd(
     x_ptr, w_ptr, out_ptr, path_start, path_l12, col1, col2, row_off, cg_ptr, BC, BLOCK: tl.constexpr
 ):
-    """a[l, m, u] = Σ_paths Σ_(i,j) W[p, i, j, u] Σ_m1 C f1 f2: the TP block never leaves registers."""
+    """a[l, m, u] = Σ_paths Σ_(i,j) W[p, i, j, u] Σ_m1 C f1 f2: the TP block never leaves registers.
+
+    One program per (output degree l, BLOCK examples).
+    Unrolled: every path, order and CG value of this layer is printed below.
+    """
     l = tl.program_id(0)
     bc = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     bcm = bc < BC
@@ -94,29 +187,221 @@ def l2_tensorproduct_fwd(
     i2 = tl.arange(0, L2_TENSORPRODUCT_T2P)
     qq = tl.arange(0, L2_TENSORPRODUCT_Q)
     uu = tl.arange(0, L2_TENSORPRODUCT_UP)
-    p0 = tl.load(path_start + l)
-    p1 = tl.load(path_start + l + 1)
-    for mm in range(0, L2_TENSORPRODUCT_M_OUT):
-        m = mm - (L2_TENSORPRODUCT_L_OUT - 1)
-        acc_r = tl.full([L2_TENSORPRODUCT_UP, BLOCK], 0.0, x_ptr.dtype.element_ty)
-        acc_i = tl.full([L2_TENSORPRODUCT_UP, BLOCK], 0.0, x_ptr.dtype.element_ty)
-        for p in range(p0, p1):
-            l1 = tl.load(path_l12 + 2 * p)
-            l2 = tl.load(path_l12 + 2 * p + 1)
-            k0 = tl.load(row_off + p * (L2_TENSORPRODUCT_M_OUT + 1) + mm)
-            k1 = tl.load(row_off + p * (L2_TENSORPRODUCT_M_OUT + 1) + mm + 1)
-            c1 = tl.load(col1 + p * L2_TENSORPRODUCT_T1P + i1)
-            c2 = tl.load(col2 + p * L2_TENSORPRODUCT_T2P + i2)
-            t_r, t_i = l2_tensorproduct_path_row(x_ptr, cg_ptr, l1, l2, m, k0, k1, c1, c2, bc, bcm, BC, BLOCK)
-            wb = ((qq + p * L2_TENSORPRODUCT_Q)[:, None] * L2_TENSORPRODUCT_UP + uu[None, :]) * 2
-            w_r = tl.load(w_ptr + wb)
-            w_i = tl.load(w_ptr + wb + 1)
-            acc_r += tl.sum(w_r[:, :, None] * t_r[:, None, :] - w_i[:, :, None] * t_i[:, None, :], 0)
-            acc_i += tl.sum(w_r[:, :, None] * t_i[:, None, :] + w_i[:, :, None] * t_r[:, None, :], 0)
-        ob = ((l * L2_TENSORPRODUCT_M_OUT + mm) * L2_TENSORPRODUCT_U + uu) * 2 * BC
-        om = (uu < L2_TENSORPRODUCT_U)[:, None] & bcm[None, :]
-        tl.store(out_ptr + ob[:, None] + bc[None, :], acc_r, mask=om)
-        tl.store(out_ptr + ob[:, None] + BC + bc[None, :], acc_i, mask=om)
+    zero_acc = tl.full([L2_TENSORPRODUCT_UP, BLOCK], 0.0, x_ptr.dtype.element_ty)
+    if l == 0:
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 0, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 0, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 0, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 1, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 1, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 2, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -2, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 2, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 2, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 2, acc_r, acc_i, uu, bc, bcm, BC)
+    if l == 1:
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 3, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 3, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 4, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 4, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 5, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.31622776601683794))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7745966692414834))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 5, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 6, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -2, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 6, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 1, acc_r, acc_i, uu, bc, bcm, BC)
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 3, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 3, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 4, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 4, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 5, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6324555320336759))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 5, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 6, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -2, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6324555320336759))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.31622776601683794))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.31622776601683794))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 2, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6324555320336759))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 6, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 2, acc_r, acc_i, uu, bc, bcm, BC)
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 3, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 3, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 4, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 4, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 5, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7745966692414834))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.31622776601683794))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 5, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 6, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 2, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 6, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 3, acc_r, acc_i, uu, bc, bcm, BC)
+    if l == 2:
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 7, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 7, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 8, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 8, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 9, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.816496580927726))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 9, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 10, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -2, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 10, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 0, acc_r, acc_i, uu, bc, bcm, BC)
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 7, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 7, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 8, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 8, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 9, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.408248290463863))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 9, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 10, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -2, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 10, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 1, acc_r, acc_i, uu, bc, bcm, BC)
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 7, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 7, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 8, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.408248290463863))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.816496580927726))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.408248290463863))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 8, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 9, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 9, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 10, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -2, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 2, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 10, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 2, acc_r, acc_i, uu, bc, bcm, BC)
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 7, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 7, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 8, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 8, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 9, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.408248290463863))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 9, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 10, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 2, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 10, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 3, acc_r, acc_i, uu, bc, bcm, BC)
+        acc_r, acc_i = zero_acc, zero_acc
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 7, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 0, 0, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 7, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 8, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 8, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 9, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 0, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.816496580927726))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 1, 1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 9, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 10, i1, i2)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 0, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry(x_ptr, tp_r, tp_i, 2, 2, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        acc_r, acc_i = l2_tensorproduct_project(w_ptr, 10, tp_r, tp_i, acc_r, acc_i, qq, uu, BLOCK)
+        l2_tensorproduct_store_row(out_ptr, l, 4, acc_r, acc_i, uu, bc, bcm, BC)
+    for mm in range(0, -l + (L2_TENSORPRODUCT_L_OUT - 1)):  # orders |m| > l are zero
+        l2_tensorproduct_store_row(out_ptr, l, mm, zero_acc, zero_acc, uu, bc, bcm, BC)
+    for mm in range(l + L2_TENSORPRODUCT_L_OUT, L2_TENSORPRODUCT_M_OUT):
+        l2_tensorproduct_store_row(out_ptr, l, mm, zero_acc, zero_acc, uu, bc, bcm, BC)
 
 
 @triton.jit
@@ -124,10 +409,7 @@ def l2_tensorproduct_bwd(
     x_ptr, w_ptr, g_ptr, gx_ptr, gw_ptr, path_start, path_l12, col1, col2, row_off, cg_ptr, BC,
     BLOCK: tl.constexpr,
 ):
-    """Recompute each TP block, then grad_x (atomics: many output rows read one input) and grad_w.
-
-    grad_w partials are per (block, path), each owned by one program: no atomics, deterministic.
-    """
+    """Recompute each TP block, then grad x (atomics: many output rows read one input) and grad W."""
     l = tl.program_id(0)
     blk = tl.program_id(1)
     bc = blk * BLOCK + tl.arange(0, BLOCK)
@@ -136,59 +418,243 @@ def l2_tensorproduct_bwd(
     i2 = tl.arange(0, L2_TENSORPRODUCT_T2P)
     qq = tl.arange(0, L2_TENSORPRODUCT_Q)
     uu = tl.arange(0, L2_TENSORPRODUCT_UP)
-    gm = (uu < L2_TENSORPRODUCT_U)[:, None] & bcm[None, :]
-    p0 = tl.load(path_start + l)
-    p1 = tl.load(path_start + l + 1)
-    for p in range(p0, p1):
-        l1 = tl.load(path_l12 + 2 * p)
-        l2 = tl.load(path_l12 + 2 * p + 1)
-        c1 = tl.load(col1 + p * L2_TENSORPRODUCT_T1P + i1)
-        c2 = tl.load(col2 + p * L2_TENSORPRODUCT_T2P + i2)
-        wb = ((qq + p * L2_TENSORPRODUCT_Q)[:, None] * L2_TENSORPRODUCT_UP + uu[None, :]) * 2
-        w_r = tl.load(w_ptr + wb)
-        w_i = tl.load(w_ptr + wb + 1)
-        dw_r = tl.full([L2_TENSORPRODUCT_Q, L2_TENSORPRODUCT_UP], 0.0, x_ptr.dtype.element_ty)
-        dw_i = tl.full([L2_TENSORPRODUCT_Q, L2_TENSORPRODUCT_UP], 0.0, x_ptr.dtype.element_ty)
-        for mm in range(-l + (L2_TENSORPRODUCT_L_OUT - 1), l + L2_TENSORPRODUCT_L_OUT):
-            m = mm - (L2_TENSORPRODUCT_L_OUT - 1)
-            gb = ((l * L2_TENSORPRODUCT_M_OUT + mm) * L2_TENSORPRODUCT_U + uu) * 2 * BC
-            g_r = tl.load(g_ptr + gb[:, None] + bc[None, :], mask=gm, other=0.0)
-            g_i = tl.load(g_ptr + gb[:, None] + BC + bc[None, :], mask=gm, other=0.0)
-            # G[q] = Σ_u conj(W[q, u]) g[u]: the gradient reaching the TP block
-            G_r = tl.sum(w_r[:, :, None] * g_r[None, :, :] + w_i[:, :, None] * g_i[None, :, :], 1)
-            G_i = tl.sum(w_r[:, :, None] * g_i[None, :, :] - w_i[:, :, None] * g_r[None, :, :], 1)
-            G_r = tl.reshape(G_r, [L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK])
-            G_i = tl.reshape(G_i, [L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK])
-            k0 = tl.load(row_off + p * (L2_TENSORPRODUCT_M_OUT + 1) + mm)
-            k1 = tl.load(row_off + p * (L2_TENSORPRODUCT_M_OUT + 1) + mm + 1)
-            lo = tl.maximum(-l1, m - l2)
-            tp_r = tl.full([L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK], 0.0, x_ptr.dtype.element_ty)
-            tp_i = tl.full([L2_TENSORPRODUCT_T1P, L2_TENSORPRODUCT_T2P, BLOCK], 0.0, x_ptr.dtype.element_ty)
-            for e in range(k0, k1):
-                m1 = lo + (e - k0)
-                coef = tl.load(cg_ptr + e)
-                a_r, a_i, b_r, b_i, base1, base2, mask1, mask2 = l2_tensorproduct_load_pair(
-                    x_ptr, l1, m1, c1, l2, m - m1, c2, bc, bcm, BC
-                )
-                tp_r += coef * (a_r[:, None, :] * b_r[None, :, :] - a_i[:, None, :] * b_i[None, :, :])
-                tp_i += coef * (a_r[:, None, :] * b_i[None, :, :] + a_i[:, None, :] * b_r[None, :, :])
-                # d/d f1[i] = C Σ_j conj(f2[j]) G[i, j];  d/d f2[j] = C Σ_i conj(f1[i]) G[i, j]
-                ga_r = coef * tl.sum(b_r[None, :, :] * G_r + b_i[None, :, :] * G_i, 1)
-                ga_i = coef * tl.sum(b_r[None, :, :] * G_i - b_i[None, :, :] * G_r, 1)
-                gb_r = coef * tl.sum(a_r[:, None, :] * G_r + a_i[:, None, :] * G_i, 0)
-                gb_i = coef * tl.sum(a_r[:, None, :] * G_i - a_i[:, None, :] * G_r, 0)
-                tl.atomic_add(gx_ptr + base1[:, None] + bc[None, :], ga_r, mask=mask1, sem="relaxed")
-                tl.atomic_add(gx_ptr + base1[:, None] + BC + bc[None, :], ga_i, mask=mask1, sem="relaxed")
-                tl.atomic_add(gx_ptr + base2[:, None] + bc[None, :], gb_r, mask=mask2, sem="relaxed")
-                tl.atomic_add(gx_ptr + base2[:, None] + BC + bc[None, :], gb_i, mask=mask2, sem="relaxed")
-            t_r = tl.reshape(tp_r, [L2_TENSORPRODUCT_Q, BLOCK])
-            t_i = tl.reshape(tp_i, [L2_TENSORPRODUCT_Q, BLOCK])
-            # grad W[q, u] = Σ_bc conj(tp[q]) g[u]
-            dw_r += tl.sum(t_r[:, None, :] * g_r[None, :, :] + t_i[:, None, :] * g_i[None, :, :], 2)
-            dw_i += tl.sum(t_r[:, None, :] * g_i[None, :, :] - t_i[:, None, :] * g_r[None, :, :], 2)
-        db = ((qq + (blk * L2_TENSORPRODUCT_PATHS + p) * L2_TENSORPRODUCT_Q)[:, None] * L2_TENSORPRODUCT_UP + uu[None, :]) * 2
-        tl.store(gw_ptr + db, dw_r)
-        tl.store(gw_ptr + db + 1, dw_i)
+    zero_dw = tl.full([L2_TENSORPRODUCT_Q, L2_TENSORPRODUCT_UP], 0.0, x_ptr.dtype.element_ty)
+    if l == 0:
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 0, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 0, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 0, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 0, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 1, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 1, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 1, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 2, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 2, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -2, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 2, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 2, dw_r, dw_i, qq, uu)
+    if l == 1:
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 3, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 3, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 3, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 4, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 4, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 4, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 5, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 5, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.31622776601683794))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7745966692414834))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6324555320336759))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7745966692414834))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.31622776601683794))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 5, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 6, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 6, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -2, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -2, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6324555320336759))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.31622776601683794))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.31622776601683794))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 2, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6324555320336759))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.4472135954999579))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5477225575051661))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 2, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.4472135954999579))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 6, dw_r, dw_i, qq, uu)
+    if l == 2:
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 7, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 7, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 0, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 4, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 0, 0, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 7, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 8, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 8, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 0, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.408248290463863))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.816496580927726))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 1, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.408248290463863))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 1, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 4, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 1, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 1.0))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 8, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 9, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 9, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 0, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.816496580927726))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.408248290463863))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.7071067811865476))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5773502691896257))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.408248290463863))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.7071067811865476))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 4, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 0, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.816496580927726))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 1, 1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5773502691896257))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 9, dw_r, dw_i, qq, uu)
+        c1, c2 = l2_tensorproduct_cols(col1, col2, 10, i1, i2)
+        w_r, w_i = l2_tensorproduct_weights(w_ptr, 10, qq, uu)
+        dw_r, dw_i = zero_dw, zero_dw
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 0, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -2, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 1, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -2, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 2, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -2, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 2, c1, 2, -2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 3, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, -1, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.2672612419124244))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 2, c1, 2, -1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.6546536707079771))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        g_r, g_i, G_r, G_i = l2_tensorproduct_grad_row(g_ptr, w_r, w_i, l, 4, uu, bc, bcm, BC, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_zero_block(x_ptr, BLOCK)
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 0, c1, 2, 2, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 1, c1, 2, 1, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, -0.6546536707079771))
+        tp_r, tp_i = l2_tensorproduct_entry_bwd(x_ptr, gx_ptr, tp_r, tp_i, G_r, G_i, 2, 2, c1, 2, 0, c2, bc, bcm, BC, l2_tensorproduct_literal(x_ptr, 0.5345224838248488))
+        dw_r, dw_i = l2_tensorproduct_weight_grad(tp_r, tp_i, g_r, g_i, dw_r, dw_i, BLOCK)
+        l2_tensorproduct_store_weight_grad(gw_ptr, blk, 10, dw_r, dw_i, qq, uu)
 
 
 L2_TENSORPRODUCT_TP = triton_tp.TPKernels(
