@@ -45,13 +45,24 @@ CASES = [
 ]
 
 
-def measure(chain: str, tail: int, L: int, dtype: torch.dtype, rotations: int, rng) -> float:
-    model = sphc.load(f"Input s2 L={L} C=2 {chain}").Model().to(dtype).eval()
+# The efficient layer as generated models run it (TensorProduct fused into GenConv's uniform step),
+# with the fused kernel's input stored in half precision (``Model(io_dtype=...)``, fp32 accumulation).
+# The torch reference rounds its input exactly as the kernel reads it, so this is the kernel's error.
+FUSED = ("-> S2Conv C=4 N=2 -> EfficientLayer mst K=4 tau=2 tau_u=4", ("", "bfloat16", "float16"))
+
+
+def measure(
+    chain: str, tail: int, L: int, dtype: torch.dtype, rotations: int, rng, io_dtype: str | None = None
+) -> float:
+    model = sphc.load(f"Input s2 L={L} C=2 {chain}").Model(io_dtype=io_dtype).to(dtype).eval()
     layers = list(model.children())
     x = layers[0](random_bandlimited(4, 2, L, dtype))
     with torch.no_grad():
         for layer in layers[1:-tail]:
             x = layer(x)
+    if io_dtype is not None:  # the fused call of the generated forward()
+        tp, gc = layers[-2], layers[-1]
+        return layer_equivariance_error(lambda h: gc.after(tp, h), x, rotations=rotations, rng=rng)
     under_test = torch.nn.Sequential(*layers[-tail:])
     return layer_equivariance_error(under_test, x, rotations=rotations, rng=rng)
 
@@ -72,6 +83,10 @@ def main() -> None:
             measure(chain, tail, args.L, dt, args.rotations, rng) for dt in (torch.float32, torch.float64)
         ]
         rows.append((name, paper, f"{errs[0]:.1e}", f"{errs[1]:.1e}"))
+    for io in FUSED[1]:
+        err = measure(FUSED[0], 2, args.L, torch.float32, args.rotations, rng, io_dtype=io)
+        name = f"fused TP → gen conv, inputs {io or 'float32'}, fp32 accumulation"
+        rows.append((name, "-", f"{err:.1e}", "-"))
     title = (
         f"Mean relative equivariance error, L={args.L}, {args.rotations} random rotations, batch 4 "
         "(paper: float32, its L and protocol unknown)"

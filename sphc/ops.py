@@ -125,6 +125,16 @@ def _truncated(t: torch.Tensor, L: int) -> torch.Tensor:
     return t[:, :, :L, L_in - L : L_in - 1 + L]
 
 
+IO_DTYPES = {"": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def rounded(x: torch.Tensor, io: str) -> torch.Tensor:
+    """x as the kernels read it when inputs are stored in ``io`` (bf16 / fp16): each part rounded."""
+    if not io:
+        return x
+    return torch.view_as_complex(torch.view_as_real(x).to(IO_DTYPES[io]).to(x.real.dtype))
+
+
 def _tp_project_reference(x, u, ref, L_tp):
     return torch.einsum("bclmt,ltu->bclmu", _truncated(tp_reference(x, ref, L_tp, u.shape[1]), u.shape[0]), u)
 
@@ -147,16 +157,20 @@ def _tables(tab: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 @torch.library.custom_op("sphc::tp_project", mutates_args=())
 def tp_project(
     x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], tab: list[torch.Tensor], L_tp: int, key: str,
-    backend: str,
+    backend: str, io: str,
 ) -> torch.Tensor:  # fmt: skip
-    """a[b,c,l,m,:] = Σ_col TP(x)[b,c,l,m,col] U[l,col,:] for l < L = u.shape[0], TP never stored."""
+    """a[b,c,l,m,:] = Σ_col TP(x)[b,c,l,m,col] U[l,col,:] for l < L = u.shape[0], TP never stored.
+
+    ``io`` = "bfloat16" / "float16" stores x in that dtype for the kernel (fp32 accumulation); the
+    reference rounds x the same way, so both backends compute the same function.
+    """
     if use_triton(backend, key, x, key):
-        return kernels(key).forward(x, u, _tables(tab))
-    return _tp_project_reference(x, u, ref, L_tp)
+        return kernels(key).forward(x, u, _tables(tab), io=IO_DTYPES[io])
+    return _tp_project_reference(rounded(x, io), u, ref, L_tp)
 
 
 @tp_project.register_fake
-def _(x, u, ref, tab, L_tp, key, backend):
+def _(x, u, ref, tab, L_tp, key, backend, io):
     L = u.shape[0]
     return x.new_empty(x.shape[0], x.shape[1], L, 2 * L - 1, u.shape[2])
 
@@ -164,30 +178,31 @@ def _(x, u, ref, tab, L_tp, key, backend):
 @torch.library.custom_op("sphc::tp_project_backward", mutates_args=())
 def tp_project_backward(
     g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], tab: list[torch.Tensor],
-    L_tp: int, key: str, backend: str,
+    L_tp: int, key: str, backend: str, io: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Gradients of ``tp_project`` (for rounded inputs: the straight-through gradient of the rounding)."""
     if use_triton(backend, key, x, key):
-        return kernels(key).backward(g, x, u, _tables(tab))
-    return _tp_project_reference_backward(g, x, u, ref, L_tp)
+        return kernels(key).backward(g, x, u, _tables(tab), io=IO_DTYPES[io])
+    return _tp_project_reference_backward(g, rounded(x, io), u, ref, L_tp)
 
 
 @tp_project_backward.register_fake
-def _(g, x, u, ref, tab, L_tp, key, backend):
+def _(g, x, u, ref, tab, L_tp, key, backend, io):
     return torch.empty_like(x), torch.empty_like(u)
 
 
 def _tp_setup(ctx, inputs, output):
-    x, u, ref, tab, L_tp, key, backend = inputs
+    x, u, ref, tab, L_tp, key, backend, io = inputs
     ctx.save_for_backward(x, u, *ref, *tab)
-    ctx.meta = (len(ref), L_tp, key, backend)
+    ctx.meta = (len(ref), L_tp, key, backend, io)
 
 
 def _tp_backward(ctx, g):
-    n_ref, L_tp, key, backend = ctx.meta
+    n_ref, L_tp, key, backend, io = ctx.meta
     x, u, *rest = ctx.saved_tensors
     ref, tab = rest[:n_ref], rest[n_ref:]
-    gx, gu = tp_project_backward(g.contiguous(), x, u, ref, tab, L_tp, key, backend)
-    return gx, gu, [None] * len(ref), [None] * len(tab), None, None, None
+    gx, gu = tp_project_backward(g.contiguous(), x, u, ref, tab, L_tp, key, backend, io)
+    return gx, gu, [None] * len(ref), [None] * len(tab), None, None, None, None
 
 
 tp_project.register_autograd(_tp_backward, setup_context=_tp_setup)

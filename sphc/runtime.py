@@ -279,6 +279,7 @@ class TensorProduct(nn.Module):
         super().__init__()
         self.L, self.width, self.cross, self.key, self.backend = L, width, cross, key, "auto"
         self.in_shape = (C, L_in, width_in)
+        self.io = ""  # "bfloat16" / "float16": the fused kernel reads x in that dtype (set_backend)
         T_in = width_in * (C if cross else 1)
         src1, src2, dst, coef = self._terms(L_in, T_in, L, width, paths, cg)
         # distinct products (src1, src2), as one int64 key each; term k reads product inv[k]
@@ -351,7 +352,7 @@ class TensorProduct(nn.Module):
         if not self._tab:
             raise SphcInternalError("TensorProduct.project needs a layer built with project=(L, tau_u)")
         ref, tab = self._list(self._ref), self._list(self._tab)
-        return ops.tp_project(self._merged(x), u, ref, tab, self.L, self.key, self.backend)
+        return ops.tp_project(self._merged(x), u, ref, tab, self.L, self.key, self.backend, self.io)
 
 
 def _fan_std(fan: np.ndarray) -> np.ndarray:
@@ -444,12 +445,21 @@ class FullGenConv(nn.Module):
         return _add_bias(y, self.bias)
 
 
-def set_backend(model: nn.Module, backend: str | None) -> str:
-    """Point every op-backed layer of ``model`` at ``backend`` (None: ``SPHC_BACKEND`` or "auto")."""
+def set_backend(model: nn.Module, backend: str | None, io_dtype: str | None = None) -> str:
+    """Point every op-backed layer of ``model`` at ``backend`` (None: ``SPHC_BACKEND`` or "auto").
+
+    ``io_dtype`` "bfloat16" / "float16" makes the fused tensor products read their input in that
+    dtype (half the bytes) while accumulating in fp32; None keeps the model's dtype.
+    """
     chosen = ops.check_backend(backend)
+    io = io_dtype or ""
+    if io not in ops.IO_DTYPES:
+        raise SphcError(f"unknown io_dtype {io_dtype!r}: expected None, 'bfloat16' or 'float16'")
     for module in model.modules():
         if hasattr(module, "backend") and module is not model:
             module.backend = chosen
+        if isinstance(module, TensorProduct):
+            module.io = io
     return chosen
 
 

@@ -130,7 +130,9 @@ class TPKernels:
         u: torch.Tensor,
         tables: dict[str, torch.Tensor],
         config: launch.Config | None = None,
+        io: torch.dtype | None = None,
     ) -> torch.Tensor:
+        """``io`` (bf16 / fp16): x is stored and read in that dtype, products accumulate in fp32."""
         self._check(x, u)
         B, C = x.shape[:2]
         BC = B * C
@@ -138,11 +140,13 @@ class TPKernels:
         w = self._weights(u, tables["colmap"])
         cg = tables["cg"].to(xt.dtype)
         out = launch.empty((self.L_out, 2 * self.L_out - 1, self.U, 2, BC), xt)
+        acc = _acc(xt.dtype)
+        xt = xt.to(io) if io is not None else xt
         t = tables
         self.fwd.run(
             lambda meta: (self.L_out, triton_cdiv(BC, meta["BLOCK"])),
             xt, w, out, t["path_start"], t["path_l12"], t["col1"], t["col2"], t["row_off"], cg, BC,
-            config=config,
+            ACC=acc, config=config,
         )  # fmt: skip
         return _from_batch_last(out, B, C)
 
@@ -153,6 +157,7 @@ class TPKernels:
         u: torch.Tensor,
         tables: dict[str, torch.Tensor],
         config: launch.Config | None = None,
+        io: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         self._check(x, u)
         B, C = x.shape[:2]
@@ -162,6 +167,8 @@ class TPKernels:
         w = self._weights(u, tables["colmap"])
         cg = tables["cg"].to(xt.dtype)
         gx = torch.zeros_like(xt)  # accumulated with atomics
+        acc = _acc(xt.dtype)
+        xt = xt.to(io) if io is not None else xt
         min_block = min(c.kwargs["BLOCK"] for c in self.fwd.space)
         Q = self.T1P * self.T2P
         gw = torch.zeros(
@@ -173,12 +180,19 @@ class TPKernels:
         self.bwd.run(
             lambda meta: (self.L_out, triton_cdiv(BC, meta["BLOCK"])),
             xt, w, gt, gx, gw, t["path_start"], t["path_l12"], t["col1"], t["col2"], t["row_off"], cg, BC,
-            config=config,
+            ACC=acc, config=config,
         )  # fmt: skip
         gw = torch.view_as_complex(gw.sum(0))[..., : self.U].reshape(-1, self.U)
         flat = torch.zeros(self.L_out * u.shape[1] + 1, self.U, dtype=u.dtype, device=u.device)
         flat.index_add_(0, tables["colmap"].reshape(-1), gw)
         return _from_batch_last(gx, B, C), flat[:-1].reshape(u.shape)
+
+
+def _acc(dtype: torch.dtype):
+    """The kernels' accumulation dtype: float64 for float64 models, float32 otherwise."""
+    import triton.language as tl
+
+    return tl.float64 if dtype == torch.float64 else tl.float32
 
 
 def triton_cdiv(a: int, b: int) -> int:

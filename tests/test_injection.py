@@ -11,9 +11,11 @@ firing a sentinel.
 from __future__ import annotations
 
 import ast
+import hashlib
 import importlib.util
 import io
 import itertools
+import json
 import linecache
 import re
 import sys
@@ -81,6 +83,7 @@ ALLOWED_NAMES = {
     "self",
     "x",
     "backend",
+    "io_dtype",
     "str",
     "None",
     "__name__",
@@ -91,6 +94,7 @@ ALLOWED_NAMES = {
     "SOURCE_FILE",
     "INPUT_SHAPE",
     "PARAMETERS",
+    "TUNED_FOR",
 }
 ALLOWED_ACT = {"none", "relu", "gelu", "tanh", "sigmoid", "softplus"}
 _CG = re.compile(r"CG_\d+")
@@ -369,3 +373,89 @@ def test_allow_list_catches_injected_code():
             assert_safe(source + extra + "\n", "m.sph", ("_sphc_pwned",) if "pwned" in extra else ())
     with pytest.raises(AssertionError):
         assert_safe(source.replace("SOURCE_FILE = 'm.sph'", "SOURCE_FILE = 'n.sph'"), "m.sph")
+
+
+# --- tuning files (sphc compile --tuning) ----------------------------------------------------------
+
+TUNED = "Input s2 L=3 C=1 -> S2Conv C=2 L=3 N=2 -> TensorProduct mst -> GenConv K=1 tau=1 tau_u=2 -> Invariant -> Dense 2"
+
+
+def _tuning(kernels: dict | None = None, **top) -> dict:
+    from sphc.tune import spaces_of
+
+    spaces = spaces_of(TUNED)
+    data = {
+        "sphc_version": sphc.__version__,
+        "source_sha256": hashlib.sha256(TUNED.encode()).hexdigest(),
+        "device": {"name": "NVIDIA H100 80GB HBM3", "capability": [9, 0]},
+        "dtype": "float32",
+        "batch": 8,
+        "kernels": {n: {"key": {}, "best": s[-1].to_json(), "times_ms": {}} for n, s in spaces.items()},
+    }
+    data.update(top)
+    if kernels is not None:
+        data["kernels"] = kernels
+    return data
+
+
+def _compile_with(data: object, tmp_path: Path) -> str:
+    from sphc.tune import read_tuning
+
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
+    return sphc.compile_source(TUNED, "m.sph", tuning=read_tuning(path))
+
+
+_FWD = "l1_s2conv_fwd"
+_GOOD = {"meta": {"BLOCK_K": 16, "BLOCK_M": 64, "BLOCK_N": 16}, "num_warps": 4, "num_stages": 2}
+MALICIOUS_TUNING = {
+    "string meta value": {_FWD: {"best": {**_GOOD, "meta": {**_GOOD["meta"], "BLOCK_M": CALL}}}},
+    "expression meta value": {
+        _FWD: {"best": {**_GOOD, "meta": {**_GOOD["meta"], "BLOCK_M": "64) or (_sphc_pwned()"}}}
+    },
+    "code as meta name": {_FWD: {"best": {**_GOOD, "meta": {**_GOOD["meta"], '"); _sphc_pwned(); ("': 1}}}},
+    "extra meta name": {_FWD: {"best": {**_GOOD, "meta": {**_GOOD["meta"], "BLOCK_X": 16}}}},
+    "huge meta value": {_FWD: {"best": {**_GOOD, "meta": {**_GOOD["meta"], "BLOCK_M": 10**30}}}},
+    "huge warps": {_FWD: {"best": {**_GOOD, "num_warps": 2**70}}},
+    "float warps": {_FWD: {"best": {**_GOOD, "num_warps": 4.0}}},
+    "bool stages": {_FWD: {"best": {**_GOOD, "num_stages": True}}},
+    "string warps": {_FWD: {"best": {**_GOOD, "num_warps": "4, _sphc_pwned()"}}},
+    "unknown kernel": {"l9_bogus_fwd": {"best": _GOOD}},
+    "code as kernel name": {f"{_FWD}\n{CALL}": {"best": _GOOD}},
+    "extra field in best": {_FWD: {"best": {**_GOOD, "pre_hook": CALL}}},
+    "valid ints outside the space": {_FWD: {"best": {**_GOOD, "meta": {**_GOOD["meta"], "BLOCK_M": 48}}}},
+}
+MALICIOUS_TOP = {
+    "device name with code": {"device": {"name": f'x", {CALL}, "', "capability": [9, 0]}},
+    "device name with newline": {"device": {"name": f"x\n{CALL}", "capability": [9, 0]}},
+    "dtype with code": {"dtype": CALL},
+    "batch as string": {"batch": "8"},
+    "capability with code": {"device": {"name": "GPU", "capability": [CALL, 0]}},
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALICIOUS_TUNING) + sorted(MALICIOUS_TOP))
+def test_malicious_tuning_file_is_rejected(case: str, tmp_path: Path):
+    if case in MALICIOUS_TUNING:
+        data = _tuning({**_tuning()["kernels"], **MALICIOUS_TUNING[case]})
+    else:
+        data = _tuning(**MALICIOUS_TOP[case])
+    with pytest.raises(SphcError) as info:
+        _compile_with(data, tmp_path)
+    assert "t.json" in info.value.render()
+
+
+def test_valid_tuning_file_only_adds_literals(tmp_path: Path):
+    source = _compile_with(_tuning(), tmp_path)
+    tree = ast.parse(source)
+    tuned = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == "TUNED_FOR")
+    assert ast.literal_eval(tuned.value) == {
+        "device": "NVIDIA H100 80GB HBM3",
+        "capability": (9, 0),
+        "dtype": "float32",
+        "batch": 8,
+    }
+    # the rest passes the allow-list once TUNED_FOR's dict literal is set aside
+    assert_safe(source.replace(ast.get_source_segment(source, tuned), "TUNED_FOR = None"), "m.sph")
+    assert source.count("baked=launch.Config(meta=(") == len(_tuning()["kernels"])
+    run_generated(source, "m.sph")
