@@ -248,17 +248,21 @@ tensor_product.register_autograd(_tpu_backward, setup_context=_tpu_setup)
 # --- per-degree linear maps ------------------------------------------------------------------------
 
 
+def order_mask(L: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """Boolean (L, 2L−1): entry [l, L−1+m] is True where the order m exists at degree l (|m| <= l)."""
+    l = torch.arange(L, device=device)[:, None]
+    m = torch.arange(2 * L - 1, device=device)[None, :] - (L - 1)
+    return m.abs() <= l
+
+
+def _orders_only(x: torch.Tensor, L: int) -> torch.Tensor:
+    """x with the entries of orders |m| > l replaced by zeros (the kernels never read them)."""
+    return torch.where(order_mask(L, x.device)[None, None, :, :, None], x, torch.zeros((), dtype=x.dtype))
+
+
 def degree_linear_reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """y[b,k,l,m,v] = Σ_{c,t} x[b,c,l,m,t] w[l,c,t,k,v] on |m| <= l (other rows are zero by layout)."""
-    return (
-        torch.einsum("bclmt,lctkv->bklmv", x, w) * _order_mask(w.shape[0], x.real.dtype, x.device)[:, :, None]
-    )
-
-
-def _order_mask(L: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(L, 2L-1): 1 where |m| <= l, the rows a harmonic tensor really has."""
-    m = torch.arange(2 * L - 1, device=device) - (L - 1)
-    return (m.abs()[None, :] <= torch.arange(L, device=device)[:, None]).to(dtype)
+    """y[b,k,l,m,v] = Σ_{c,t} x[b,c,l,m,t] w[l,c,t,k,v] on |m| <= l; zero (and blind to x) elsewhere."""
+    return torch.einsum("bclmt,lctkv->bklmv", _orders_only(x, w.shape[0]), w)
 
 
 @torch.library.custom_op("sphc::degree_linear", mutates_args=())
@@ -281,7 +285,8 @@ def degree_linear_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if use_triton(backend, key, x, key):
         return kernels(key).backward(g, x, w)
-    g = g * _order_mask(w.shape[0], g.real.dtype, g.device)[:, :, None]
+    L = w.shape[0]
+    g, x = _orders_only(g, L), _orders_only(x, L)
     return torch.einsum("bklmv,lctkv->bclmt", g, w.conj()), torch.einsum("bclmt,bklmv->lctkv", x.conj(), g)
 
 

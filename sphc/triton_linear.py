@@ -9,7 +9,7 @@ with x (B, C, L, 2L−1, T) complex (any strides: it may be a view of a larger s
 grad_x = g w^H and grad_w = x^H g. Each direction is one launch for all degrees; the kernels work on
 ``torch.view_as_real`` planes with fp32/fp64 accumulation and IEEE products (no TF32), and the
 weight gradient sums fixed split partials instead of using atomics, so it is deterministic.
-:func:`reference` is the plain torch version, used on CPU and as the tests' oracle.
+:func:`sphc.ops.degree_linear_reference` is the plain torch version, used on CPU and as the tests' oracle.
 """
 
 from __future__ import annotations
@@ -78,21 +78,6 @@ def wgrad_space(J: int, N: int) -> tuple[launch.Config, ...]:
     return tuple(out)
 
 
-def order_mask(L: int, device: torch.device | str | None = None) -> torch.Tensor:
-    """Boolean (L, 2L−1): entry [l, L−1+m] is True where the order m exists at degree l (|m| <= l)."""
-    l = torch.arange(L, device=device)[:, None]
-    m = torch.arange(2 * L - 1, device=device)[None, :] - (L - 1)
-    return m.abs() <= l
-
-
-def reference(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """Plain torch ``y = Σ_{c,t} x w`` per degree, zero for |m| > l (entries of x there are ignored)."""
-    L = w.shape[0]
-    mask = order_mask(L, x.device)[None, None, :, :, None]
-    x = torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
-    return torch.einsum("bclmt,lctkv->bklmv", x, w)
-
-
 def _cdiv(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -155,7 +140,7 @@ class LinearKernels:
         if first.device.type != "cuda" and not launch.interpreting():
             raise self._fail(
                 f"tensors are on {first.device}; the Triton kernels need a CUDA device",
-                hint="use sphc.triton_linear.reference on CPU, or set TRITON_INTERPRET=1 before import",
+                hint="use backend='torch' on CPU, or set TRITON_INTERPRET=1 before the model is loaded",
             )
 
     def _check_weight(self, w: torch.Tensor) -> None:
