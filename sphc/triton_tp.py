@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from . import launch, layout
+from .errors import SphcError
 
 #: The config space of both kernels: examples per program, warps, pipeline stages.
 CONFIGS = launch.configs({"BLOCK": (32, 16, 64, 128)}, warps=(4, 2, 8), stages=(1,))
@@ -120,8 +121,15 @@ class TPKernels:
 
     def _check(self, x: torch.Tensor, u: torch.Tensor) -> None:
         if x.shape[2:] != (self.L_in, 2 * self.L_in - 1, self.T_in) or u.shape[0] != self.L_out:
-            raise ValueError(
-                f"fused TP kernel built for other shapes: x {tuple(x.shape)}, u {tuple(u.shape)}"
+            raise SphcError(
+                f"fused TP kernel built for x (B, C, {self.L_in}, {2 * self.L_in - 1}, {self.T_in}) and "
+                f"U ({self.L_out}, …), got x {tuple(x.shape)}, U {tuple(u.shape)}"
+            )
+        out = self.L_out * (2 * self.L_out - 1) * self.UP
+        if 2 * x[0].numel() * x.shape[0] >= 2**31 or 2 * out * x.shape[0] * x.shape[1] >= 2**31:
+            raise SphcError(
+                f"batch {x.shape[0]} is too large for the fused TP kernel's 32-bit offsets "
+                f"(input {tuple(x.shape)}): split the batch"
             )
 
     def forward(
