@@ -166,7 +166,7 @@ def tp_project(
     """
     if use_triton(backend, key, x, key):
         return kernels(key).forward(x, u, _tables(tab), io=IO_DTYPES[io])
-    return _tp_project_reference(rounded(x, io), u, ref, L_tp)
+    return _tp_project_reference(rounded(x, io), u, ref, L_tp).contiguous()
 
 
 @tp_project.register_fake
@@ -183,12 +183,13 @@ def tp_project_backward(
     """Gradients of ``tp_project`` (for rounded inputs: the straight-through gradient of the rounding)."""
     if use_triton(backend, key, x, key):
         return kernels(key).backward(g, x, u, _tables(tab), io=IO_DTYPES[io])
-    return _tp_project_reference_backward(g, rounded(x, io), u, ref, L_tp)
+    gx, gu = _tp_project_reference_backward(g, rounded(x, io), u, ref, L_tp)
+    return gx.contiguous(), gu.contiguous()
 
 
 @tp_project_backward.register_fake
 def _(g, x, u, ref, tab, L_tp, key, backend, io):
-    return torch.empty_like(x), torch.empty_like(u)
+    return x.new_empty(x.shape), u.new_empty(u.shape)
 
 
 def _tp_setup(ctx, inputs, output):
@@ -211,7 +212,7 @@ tp_project.register_autograd(_tp_backward, setup_context=_tp_setup)
 @torch.library.custom_op("sphc::tensor_product", mutates_args=())
 def tensor_product(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
     """The unfused tensor product (a TensorProduct not followed by GenConv): reference path only."""
-    return tp_reference(x, ref, L, width)
+    return tp_reference(x, ref, L, width).contiguous()
 
 
 @tensor_product.register_fake
@@ -223,12 +224,12 @@ def _(x, ref, L, width):
 def tensor_product_backward(
     g: torch.Tensor, x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int
 ) -> torch.Tensor:
-    return tp_reference_backward(g, x, ref, L, width)
+    return tp_reference_backward(g, x, ref, L, width).contiguous()
 
 
 @tensor_product_backward.register_fake
 def _(g, x, ref, L, width):
-    return torch.empty_like(x)
+    return x.new_empty(x.shape)
 
 
 def _tpu_setup(ctx, inputs, output):
@@ -270,7 +271,7 @@ def degree_linear(x: torch.Tensor, w: torch.Tensor, key: str, backend: str) -> t
     """One grouped complex linear map per degree: S2Conv, SO3Conv, ZonalConv, GenConv (V∘X), FullGenConv."""
     if use_triton(backend, key, x, key):
         return kernels(key).forward(x, w)
-    return degree_linear_reference(x, w)
+    return degree_linear_reference(x, w).contiguous()  # the fake promises a contiguous result
 
 
 @degree_linear.register_fake
@@ -287,12 +288,13 @@ def degree_linear_backward(
         return kernels(key).backward(g, x, w)
     L = w.shape[0]
     g, x = _orders_only(g, L), _orders_only(x, L)
-    return torch.einsum("bklmv,lctkv->bclmt", g, w.conj()), torch.einsum("bclmt,bklmv->lctkv", x.conj(), g)
+    gx = torch.einsum("bklmv,lctkv->bclmt", g, w.conj())
+    return gx.contiguous(), torch.einsum("bclmt,bklmv->lctkv", x.conj(), g).contiguous()
 
 
 @degree_linear_backward.register_fake
 def _(g, x, w, key, backend):
-    return torch.empty_like(x), torch.empty_like(w)
+    return x.new_empty(x.shape), w.new_empty(w.shape)  # contiguous, like both implementations
 
 
 def _dl_setup(ctx, inputs, output):

@@ -460,6 +460,13 @@ def set_backend(model: nn.Module, backend: str | None, io_dtype: str | None = No
             module.backend = chosen
         if isinstance(module, TensorProduct):
             module.io = io
+    # constant tables (every non-persistent buffer) need no per-step DDP broadcast; running stats do
+    tables = [
+        f"{prefix}.{name}" if prefix else name
+        for prefix, module in model.named_modules()
+        for name in module._non_persistent_buffers_set
+    ]
+    nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, tables)
     return chosen
 
 

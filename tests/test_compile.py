@@ -3,15 +3,13 @@ forward, backward and buffer updates equal eager ones (float32, fresh random wei
 
 The transform tables are module buffers (``transforms.S2Tables`` / ``SO3Tables``), so the call path
 of every layer is plain torch that dynamo traces. ``aot_eager`` (dynamo + AOT autograd, no code
-generation) keeps compiling fast on a CPU; one small model goes through inductor. Tracing is what
-costs here (about 10 ms per traced op on a 2-core machine), so the larger examples run under the
-``eager`` backend (dynamo's full graph, no AOT autograd) unless ``SPHC_SLOW_TESTS=1``.
+generation) keeps compiling fast on a CPU; one small model goes through inductor (its first use on a
+machine compiles inductor's C++ runtime, about 25 s on 2 cores, cached afterwards).
 """
 
 from __future__ import annotations
 
 import copy
-import os
 from pathlib import Path
 
 import pytest
@@ -31,21 +29,7 @@ MAIN = (
 S2_ONLY = "Input s2 L=6 C=2 -> ReLU -> ReLU oversample=2 -> Invariant -> Dense 3"
 TOL = 1e-5
 
-SLOW = os.environ.get("SPHC_SLOW_TESTS") == "1"
-# examples whose AOT tracing takes over 5 s here: dynamo only, unless SPHC_SLOW_TESTS=1
-HEAVY = {"efficient", "mixing_full", "mnist", "qm7", "shrec17"}
-
-# The custom ops' fake strides (sphc/ops.py, in progress) make AOT autograd's backward fail with
-# "view size is not compatible": these flip to XPASS (and fail, strict) once that lands.
-PENDING = pytest.mark.xfail(strict=True, reason="custom ops pending: sphc::degree_linear backward strides")
-PENDING_AOT = {"efficient", "mixing_full", "mixing_mst", "mixing_rmst", "mnist", "qm7", "shrec17"}
-
-
-def _example_params():
-    for path in sorted(EXAMPLES.glob("*.sph")):
-        backend = "eager" if path.stem in HEAVY and not SLOW else "aot_eager"
-        marks = [PENDING] if backend == "aot_eager" and path.stem in PENDING_AOT else []
-        yield pytest.param(path.stem, backend, marks=marks, id=f"{path.stem}-{backend}")
+EXAMPLE_PARAMS = [p.stem for p in sorted(EXAMPLES.glob("*.sph"))]
 
 
 @pytest.fixture(autouse=True)
@@ -98,7 +82,6 @@ def test_main_model_has_no_graph_break():
     assert explanation.graph_count == 1
 
 
-@PENDING
 def test_main_model_compiled_matches_eager():
     _assert_compiled_matches_eager(_model(MAIN), "aot_eager")
 
@@ -117,9 +100,9 @@ def test_so3_pointwise_compiled_matches_eager():
     assert _rel(outs[1][0], outs[0][0]) < TOL and _rel(outs[1][1], outs[0][1]) < TOL
 
 
-@pytest.mark.parametrize(("name", "backend"), list(_example_params()))
-def test_example_compiles_fullgraph_and_matches_eager(name, backend):
-    _assert_compiled_matches_eager(_model(str(EXAMPLES / f"{name}.sph")), backend, batch=1)
+@pytest.mark.parametrize("name", EXAMPLE_PARAMS)
+def test_example_compiles_fullgraph_and_matches_eager(name):
+    _assert_compiled_matches_eager(_model(str(EXAMPLES / f"{name}.sph")), "aot_eager", batch=1)
 
 
 def test_inductor_small_model():

@@ -128,3 +128,14 @@ def test_ddp_two_ranks_match_single_process(tmp_path: Path):
     # the ranks agree with each other exactly: the all-reduce hands both the same average
     assert _close(ranks[0]["grads"], ranks[1]["grads"], rtol=0.0)
     assert _close(ranks[0]["after"], ranks[1]["after"], rtol=0.0)
+
+
+def test_ddp_skips_constant_tables_but_syncs_running_stats():
+    """Transform and index tables are identical on every rank: DDP need not broadcast them each step."""
+    model = sphc.load(MODEL).Model()
+    ignored = set(model._ddp_params_and_buffers_to_ignore)
+    buffers = dict(model.named_buffers())
+    assert any("tables" in n for n in ignored) and any("ref_" in n for n in ignored)
+    assert ignored <= set(buffers)
+    running = [n for n in buffers if n.endswith("running_sq")]
+    assert running and not ignored & set(running)
