@@ -118,7 +118,9 @@ def assert_kernels_safe(section: str) -> None:
     """Kernel code is template text plus numbers: every string in it is template text or a kernel name."""
     for node in ast.walk(ast.parse(section)):
         if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            assert node.value in TEMPLATES_TEXT or _KERNEL_NAME.fullmatch(node.value), node.value[:80]
+            lines = [ln.strip() for ln in node.value.splitlines() if ln.strip()]  # docstrings: line by line
+            ok = _KERNEL_NAME.fullmatch(node.value) or all(ln in TEMPLATES_TEXT for ln in lines)
+            assert ok, node.value[:80]
 
 
 def assert_safe(source: str, file: str, payloads: tuple[str, ...] = ()) -> None:
