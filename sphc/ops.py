@@ -210,13 +210,21 @@ tp_project.register_autograd(_tp_backward, setup_context=_tp_setup)
 
 
 @torch.library.custom_op("sphc::tensor_product", mutates_args=())
-def tensor_product(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
+def tensor_product(
+    x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int, key: str, backend: str
+) -> torch.Tensor:
     """The unfused tensor product (a TensorProduct not followed by GenConv): reference path only."""
+    if backend == "triton" or (backend == "auto" and x.is_cuda):
+        warn_once(
+            key,
+            f"{key}: a TensorProduct not followed by GenConv has no Triton kernel (only the fused "
+            "TensorProduct → GenConv has one); it runs the torch reference",
+        )
     return tp_reference(x, ref, L, width).contiguous()
 
 
 @tensor_product.register_fake
-def _(x, ref, L, width):
+def _(x, ref, L, width, key, backend):
     return x.new_empty(x.shape[0], x.shape[1], L, 2 * L - 1, width)
 
 
@@ -233,14 +241,21 @@ def _(g, x, ref, L, width):
 
 
 def _tpu_setup(ctx, inputs, output):
-    x, ref, L, width = inputs
+    x, ref, L, width, key, backend = inputs
     ctx.save_for_backward(x, *ref)
     ctx.meta = (L, width)
 
 
 def _tpu_backward(ctx, g):
     x, *ref = ctx.saved_tensors
-    return tensor_product_backward(g.contiguous(), x, ref, *ctx.meta), [None] * len(ref), None, None
+    return (
+        tensor_product_backward(g.contiguous(), x, ref, *ctx.meta),
+        [None] * len(ref),
+        None,
+        None,
+        None,
+        None,
+    )
 
 
 tensor_product.register_autograd(_tpu_backward, setup_context=_tpu_setup)

@@ -345,7 +345,8 @@ class TensorProduct(nn.Module):
         return [getattr(self, n) for n in names]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return ops.tensor_product(self._merged(x), self._list(self._ref), self.L, self.width)
+        ref = self._list(self._ref)
+        return ops.tensor_product(self._merged(x), ref, self.L, self.width, self.key, self.backend)
 
     def project(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The tensor product contracted with ``u`` (L', width, tau_u), degrees l < L' only."""

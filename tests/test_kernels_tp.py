@@ -9,6 +9,8 @@ against finite differences (gradcheck) and against the unfused layers (TP, then 
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -192,3 +194,18 @@ def test_half_precision_inputs_keep_equivariance(io, bound):
 def test_unknown_io_dtype_is_an_error():
     with pytest.raises(SphcError, match="unknown io_dtype 'int8'"):
         sphc.load(CASES["mst"]).Model(io_dtype="int8")
+
+
+def test_layer_without_kernel_warns_once(monkeypatch):
+    """A TensorProduct not followed by GenConv has no kernel: backend='triton' says so once, by name."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = sphc.load(
+        "Input s2 L=3 C=1 -> GenConv K=1 tau=2 -> TensorProduct mst -> Norm -> Invariant -> Dense 2"
+    )
+    model = model.Model(backend="triton")
+    x = torch.randn(2, *model.input_shape)
+    with pytest.warns(RuntimeWarning, match=r"l2_tensorproduct: a TensorProduct not followed by GenConv"):
+        model(x)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model(x)  # once only
