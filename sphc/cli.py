@@ -1,7 +1,8 @@
-"""The ``sphc`` command line: compile, check, explain. Argument handling only, no compiler logic.
+"""The ``sphc`` command line: compile, check, explain, tune, train, plot. Argument handling only.
 
-Exit codes: 0 ok; 1 a user mistake (a located diagnostic on stderr, no traceback); 2 usage
-(argparse); 3 an internal error, printed as a bug with the ``SPHC_DEBUG=1`` hint.
+Exit codes: 0 ok; 1 a user mistake (a located diagnostic on stderr, no traceback) or a failed
+``sphc tune --dry-run``; 2 usage (argparse), or ``sphc tune`` without a CUDA GPU; 3 an internal
+error, printed as a bug with the ``SPHC_DEBUG=1`` hint.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ _EXAMPLES = {
     "explain": "sphc explain examples/mnist.sph",
     "train": "sphc train examples/mnist.sph --train nr --test nr,r --subset 2000 --epochs 2 --out runs/demo",
     "plot": "sphc plot runs/demo runs/planar -o runs/plots",
+    "tune": "sphc tune examples/efficient.sph --batch 32 -o efficient.tuning.json\n"
+    "  sphc compile examples/efficient.sph -o model.py --tuning efficient.tuning.json\n"
+    "  sphc tune small.sph --dry-run   # no GPU: every config in Triton's interpreter\n"
+    "  (the interpreter is slow: seconds for L <= 4, many minutes for the L = 16..32 examples)",
 }
 
 
@@ -43,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument(
                 "--emit", choices=STAGES, default="python", help="stop after this stage and print it"
             )
+            s.add_argument("--tuning", type=Path, help="bake the kernel configs of this `sphc tune` file in")
+    _tune_parser(sub)
     _train_parser(sub)
     s = _sub(sub, "plot", "draw digits on the sphere, training curves and the accuracy chart of runs")
     s.add_argument("runs", type=Path, nargs="+", help="output directories of `sphc train`")
@@ -57,6 +64,45 @@ def _sub(sub, name: str, help_: str) -> argparse.ArgumentParser:
         description=f"{help_}. Example:\n  {_EXAMPLES[name]}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+
+
+def _tune_parser(sub) -> None:
+    s = _sub(
+        sub, "tune", "time every kernel config on the GPU and write a tuning file for `sphc compile --tuning`"
+    )
+    s.add_argument("model", type=Path, help="the .sph file")
+    s.add_argument("--batch", type=int, help="batch size to tune for (default: 32; 1 with --dry-run)")
+    s.add_argument(
+        "-o", "--output", type=Path, help="tuning file (default: MODEL.tuning.json next to the input)"
+    )
+    s.add_argument(
+        "--dtype", choices=("float32", "float64"), default="float32", help="model dtype (default: float32)"
+    )
+    s.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="no GPU: run every distinct config in Triton's interpreter (float64) against the torch reference",
+    )
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _tune(args: argparse.Namespace, text: str, file: str) -> int:
+    from . import tune
+
+    batch = args.batch if args.batch is not None else (1 if args.dry_run else 32)
+    if batch < 1:
+        raise SphcError(f"--batch must be positive, got {batch}")
+    if args.dry_run:
+        return 0 if tune.dry_run(text, file, batch=batch, progress=not args.quiet) else 1
+    check_source(text, file)  # a located diagnostic first
+    tune.require_gpu()
+    module = tune.load_module(text, file)
+    result = tune.tune_module(module, text, batch, args.dtype, progress=not args.quiet)
+    target = args.output or args.model.with_suffix(".tuning.json")
+    tune.write_tuning(result, target)
+    print(tune.summary(result))
+    print(f"wrote {target} ({result['device']['name']}, {args.dtype}, batch {batch})", file=sys.stderr)
+    return 0
 
 
 def _train_parser(sub) -> None:
@@ -122,13 +168,23 @@ def _run(args: argparse.Namespace) -> int:
             hint="save the model as UTF-8",
         ) from None
     file = str(args.model)
+    if args.command == "tune":
+        return _tune(args, text, file)
     if args.command == "check":
         a = check_source(text, file)
         print(f"{file}: ok ({len(a.layers)} layers, {a.params:,} parameters)")
     elif args.command == "explain":
         print(explain_table(check_source(text, file)))
     else:
-        out = compile_source(text, file, emit=args.emit)
+        tuning = None
+        if args.tuning is not None:
+            from .tune import read_tuning, source_mismatch
+
+            tuning = read_tuning(args.tuning)
+            mismatch = source_mismatch(tuning, text)
+            if mismatch:
+                print(f"warning: {mismatch}", file=sys.stderr)
+        out = compile_source(text, file, emit=args.emit, tuning=tuning)
         target = args.output or (str(args.model.with_suffix(".py")) if args.emit == "python" else "-")
         if target == "-":
             sys.stdout.write(out)
@@ -147,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run(args)
     except SphcError as e:
         print(e.render(), file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     except Exception:  # a bug in sphc, not the user's fault
         if config.debug():
             traceback.print_exc()

@@ -29,8 +29,11 @@ def check_source(text: str, file: str = "<string>") -> analysis.Analysis:
         raise e.with_source(text) from None
 
 
-def compile_source(text: str, file: str = "<string>", emit: str = "python") -> str:
-    """Compile ``.sph`` source text to the generated module's Python source (or an earlier stage)."""
+def compile_source(text: str, file: str = "<string>", emit: str = "python", tuning=None) -> str:
+    """Compile ``.sph`` source text to the generated module's Python source (or an earlier stage).
+
+    ``tuning`` (a ``tune.Tuning`` from ``tune.read_tuning``) bakes its kernel configs into the module.
+    """
     if emit not in STAGES:
         raise ValueError(f"emit must be one of {STAGES}, got {emit!r}")
     if emit == "ast":
@@ -41,6 +44,10 @@ def compile_source(text: str, file: str = "<string>", emit: str = "python") -> s
     if emit == "analysis":
         return analysis.explain_table(result) + "\n"
     module_plan = plan.plan(result, text, file)  # every number the template needs
+    if tuning is not None:
+        from . import tune
+
+        module_plan = tune.bake(module_plan, tuning)  # validated configs of each kernel's space
     if emit == "plan":
         return repr(module_plan) + "\n"
     return codegen.render(module_plan)  # plan → Python via templates/

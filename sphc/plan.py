@@ -36,6 +36,12 @@ class TablePlan:
     comment: str
 
 
+def _tunable_kwargs(baked: tuple[tuple[str, str], ...], name: str) -> str:
+    """Extra ``launch.Tunable`` arguments of kernel ``name``: its baked config, if a tuning file has one."""
+    literal = dict(baked).get(name)
+    return "" if literal is None else f", baked={literal}, tuned_for=TUNED_FOR"
+
+
 @dataclass(frozen=True)
 class LinearKernelPlan:
     """Constants baked into one layer's per-degree linear kernels (``templates/triton_linear.py.j2``).
@@ -49,6 +55,10 @@ class LinearKernelPlan:
     T: int  # input columns per channel
     K: int  # output channels
     V: int  # output columns per channel
+    baked: tuple[tuple[str, str], ...] = ()  # kernel name → launch.Config literal (sphc compile --tuning)
+
+    def tunable_kwargs(self, name: str) -> str:
+        return _tunable_kwargs(self.baked, name)
 
 
 #: A fused TP kernel is generated unrolled (every CG value a literal) up to this many non-zero
@@ -92,6 +102,10 @@ class TPKernelPlan:
     T2P: int
     n_paths: int
     unrolled: tuple[UnrolledDegree, ...] = ()  # empty: the table-driven kernel
+    baked: tuple[tuple[str, str], ...] = ()  # kernel name → launch.Config literal (sphc compile --tuning)
+
+    def tunable_kwargs(self, name: str) -> str:
+        return _tunable_kwargs(self.baked, name)
 
 
 def _unrolled(paths: tuple, cg_values: np.ndarray, L_out: int) -> tuple[UnrolledDegree, ...]:
@@ -148,6 +162,7 @@ class ModulePlan:
     params: int
     tp_kernels: tuple[TPKernelPlan, ...]
     linear_kernels: tuple[LinearKernelPlan, ...]
+    tuned_for: str = "None"  # literal of TUNED_FOR: the GPU, dtype and batch of a baked tuning file
 
 
 def _structural_values(paths: tuple[tuple[int, int, int], ...]) -> np.ndarray:
@@ -331,6 +346,8 @@ def _kernels(
             tps.append(TPKernelPlan(attr, UP=layout.pow2(gc.tau_u), **vars(shape), unrolled=unrolled))
             extra = {"project": (gc.L, gc.tau_u), "key": _key(attr)}
             call = None
+        elif isinstance(layer, ir.TensorProduct):  # no kernel: the key only names it in the warning
+            extra = {"key": _key(attr)}
         elif isinstance(layer, ir.GenConv):
             prev = infos[n - 1].layer if n else None
             linears.append(_linear(attr, layer.L, t.C, layer.tau_u, layer.K, layer.tau))

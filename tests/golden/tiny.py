@@ -664,7 +664,7 @@ def l2_tensorproduct_bwd(
 
 L2_TENSORPRODUCT_TP = triton_tp.TPKernels(
     fwd=launch.Tunable("l2_tensorproduct_fwd", l2_tensorproduct_fwd, triton_tp.CONFIGS, key=("BC",)),
-    bwd=launch.Tunable("l2_tensorproduct_bwd", l2_tensorproduct_bwd, triton_tp.CONFIGS, key=("BC",), reset=("gx_ptr",)),
+    bwd=launch.Tunable("l2_tensorproduct_bwd", l2_tensorproduct_bwd, triton_tp.CONFIGS, key=("BC",), reset=("gx_ptr", "gw_ptr")),
     L_in=3,
     T_in=3,
     L_out=3,
