@@ -22,13 +22,22 @@ from sphc.plan import LinearKernelPlan
 HEADER = "import triton\nimport triton.language as tl\n\nfrom sphc import launch, triton_linear\n\n"
 TOL = {torch.complex128: 1e-12, torch.complex64: 1e-5}
 _count = itertools.count()
+# compiled kernels on a GPU (every tensor below is made there); Triton's interpreter on CPU otherwise
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(autouse=True)
+def _on_device():
+    with torch.device(DEVICE):
+        yield
 
 
 @pytest.fixture(scope="module")
 def kernels():
     """``kernels(B=..., **sizes)`` → the rendered layer's ``LinearKernels``, interpreted on CPU."""
     mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "1")  # before @triton.jit runs: kernels become interpreted
+    if DEVICE == "cpu":
+        mp.setenv("TRITON_INTERPRET", "1")  # before @triton.jit runs: kernels become interpreted
     built: dict[tuple[int, ...], triton_linear.LinearKernels] = {}
 
     def get(L: int, C: int, T: int, K: int, V: int) -> triton_linear.LinearKernels:
@@ -172,7 +181,7 @@ def test_bad_arguments(kernels, monkeypatch):
             call()
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(SphcError, match="need a CUDA device"):
-        lin.forward(x, w)
+        lin.forward(x.cpu(), w.cpu())
 
 
 def test_empty_batch(kernels):
