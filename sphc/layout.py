@@ -11,6 +11,7 @@ so the two can never disagree about the order.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,6 +58,7 @@ def cg_pattern(l1: int, l2: int, l: int) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(ms, dtype=np.int64), np.asarray(m1s, dtype=np.int64)
 
 
+@functools.lru_cache(maxsize=65536)  # called per path by analysis, plan and the kernel tables
 def cg_pattern_size(l1: int, l2: int, l: int) -> int:
     """``len(cg_pattern(l1, l2, l)[0])`` without building it."""
     return sum(max(0, min(l1, m + l2) - max(-l1, m - l2) + 1) for m in range(-l, l + 1))

@@ -9,6 +9,7 @@ name, which is only ever emitted through ``repr()`` as a string literal.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import zlib
 from dataclasses import dataclass
@@ -115,18 +116,16 @@ def _unrolled(paths: tuple, cg_values: np.ndarray, L_out: int) -> tuple[Unrolled
         offsets[(l1, l2, l)] = off
         off += layout.cg_pattern_size(l1, l2, l)
     kept = layout.kernel_paths(paths, L_out)
+    spans = [(offsets[p[:3]], layout.cg_pattern_size(*p[:3])) for p in kept]
+    if sum(np.count_nonzero(cg_values[a : a + n]) for a, n in spans) > UNROLL_MAX_ENTRIES:
+        return ()  # decided before building anything: large layers have ~10^5-10^7 entries
     rows: dict[tuple[int, int], list[UnrolledEntry]] = {}
-    total = 0
-    for p, (l1, l2, l, _) in enumerate(kept):
+    for p, ((l1, l2, l, _), (a, n)) in enumerate(zip(kept, spans)):
         m, m1 = layout.cg_pattern(l1, l2, l)
-        values = cg_values[offsets[(l1, l2, l)] : offsets[(l1, l2, l)] + len(m)]
-        for mi, m1i, v in zip(m.tolist(), m1.tolist(), values.tolist()):
+        for mi, m1i, v in zip(m.tolist(), m1.tolist(), cg_values[a : a + n].tolist()):
             entries = rows.setdefault((p, mi), [])
             if v != 0.0:  # exact zeros (parity) are skipped: the point of unrolling
                 entries.append(UnrolledEntry(m1i, mi - m1i, repr(float(v))))
-                total += 1
-    if total > UNROLL_MAX_ENTRIES:
-        return ()
     degrees = []
     for l in range(L_out):
         mms = tuple(L_out - 1 + m for m in range(-l, l + 1))
@@ -165,6 +164,7 @@ class ModulePlan:
     tuned_for: str = "None"  # literal of TUNED_FOR: the GPU, dtype and batch of a baked tuning file
 
 
+@functools.lru_cache(maxsize=8)  # the plan reads a layer's table twice (kernel plan, embedded table)
 def _structural_values(paths: tuple[tuple[int, int, int], ...]) -> np.ndarray:
     """CG values on ``layout.cg_pattern`` of each path (zeros kept), disk-cached by the path list."""
 
