@@ -132,6 +132,15 @@ class TPKernels:
                 f"(input {tuple(x.shape)}): split the batch"
             )
 
+    def _operands(self, x: torch.Tensor, u: torch.Tensor, tables: dict[str, torch.Tensor], io):
+        """x batch-last in the accumulation dtype and as the kernel reads it (``io``), W, CG, ACC."""
+        self._check(x, u)
+        xt = _to_batch_last(x)
+        x_in = xt.to(io) if io is not None else xt
+        cg = tables["cg"].to(xt.dtype)
+        index = tuple(tables[n] for n in ("path_start", "path_l12", "col1", "col2", "row_off"))
+        return xt, x_in, self._weights(u, tables["colmap"]), index, cg, _acc(xt.dtype)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -141,20 +150,13 @@ class TPKernels:
         io: torch.dtype | None = None,
     ) -> torch.Tensor:
         """``io`` (bf16 / fp16): x is stored and read in that dtype, products accumulate in fp32."""
-        self._check(x, u)
         B, C = x.shape[:2]
         BC = B * C
-        xt = _to_batch_last(x)
-        w = self._weights(u, tables["colmap"])
-        cg = tables["cg"].to(xt.dtype)
+        xt, x_in, w, index, cg, acc = self._operands(x, u, tables, io)
         out = launch.empty((self.L_out, 2 * self.L_out - 1, self.U, 2, BC), xt)
-        acc = _acc(xt.dtype)
-        xt = xt.to(io) if io is not None else xt
-        t = tables
         self.fwd.run(
             lambda meta: (self.L_out, triton_cdiv(BC, meta["BLOCK"])),
-            xt, w, out, t["path_start"], t["path_l12"], t["col1"], t["col2"], t["row_off"], cg, BC,
-            ACC=acc, config=config,
+            x_in, w, out, *index, cg, BC, ACC=acc, config=config,
         )  # fmt: skip
         return _from_batch_last(out, B, C)
 
@@ -167,28 +169,19 @@ class TPKernels:
         config: launch.Config | None = None,
         io: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check(x, u)
         B, C = x.shape[:2]
         BC = B * C
-        xt = _to_batch_last(x)
+        xt, x_in, w, index, cg, acc = self._operands(x, u, tables, io)
         gt = _to_batch_last(g.contiguous())
-        w = self._weights(u, tables["colmap"])
-        cg = tables["cg"].to(xt.dtype)
-        gx = torch.zeros_like(xt)  # accumulated with atomics
-        acc = _acc(xt.dtype)
-        xt = xt.to(io) if io is not None else xt
-        min_block = min(c.kwargs["BLOCK"] for c in self.fwd.space)
+        gx = torch.zeros_like(xt)  # accumulated with atomics, in the accumulation dtype
+        min_block = min(c.kwargs["BLOCK"] for c in self.bwd.space)
         Q = self.T1P * self.T2P
-        gw = torch.zeros(
-            (triton_cdiv(BC, min_block), max(self.n_paths, 1), Q, self.UP, 2),
-            dtype=xt.dtype,
-            device=xt.device,
+        gw = xt.new_zeros(
+            (triton_cdiv(BC, min_block), max(self.n_paths, 1), Q, self.UP, 2)
         )  # per-(block, path) partial sums; blocks a larger BLOCK does not use stay zero
-        t = tables
         self.bwd.run(
             lambda meta: (self.L_out, triton_cdiv(BC, meta["BLOCK"])),
-            xt, w, gt, gx, gw, t["path_start"], t["path_l12"], t["col1"], t["col2"], t["row_off"], cg, BC,
-            ACC=acc, config=config,
+            x_in, w, gt, gx, gw, *index, cg, BC, ACC=acc, config=config,
         )  # fmt: skip
         gw = torch.view_as_complex(gw.sum(0))[..., : self.U].reshape(-1, self.U)
         flat = torch.zeros(self.L_out * u.shape[1] + 1, self.U, dtype=u.dtype, device=u.device)

@@ -175,9 +175,14 @@ def test_half_precision_inputs(layers, io):
     tp.to(torch.float32)
     x, u = _inputs(tp, gc, torch.float32)
     ref, tab = tp._list(tp._ref), tp._list(tp._tab)
-    got = ops.tp_project(x, u, ref, tab, tp.L, tp.key, "triton", io)
-    want = ops.tp_project(x, u, ref, tab, tp.L, tp.key, "torch", io)
-    _close(got, want, torch.float32, io)
+    results = {}
+    for backend in ("triton", "torch"):
+        xb, ub = x.clone().requires_grad_(), u.clone().requires_grad_()
+        out = ops.tp_project(xb, ub, ref, tab, tp.L, tp.key, backend, io)
+        results[backend] = (out, *torch.autograd.grad(out, (xb, ub), torch.ones_like(out)))
+    for what, got, want in zip(("forward", "grad x", "grad U"), results["triton"], results["torch"]):
+        _close(got, want.detach(), torch.float32, f"{io} {what}")
+    want = results["torch"][0].detach()
     exact = ops.tp_project(x, u, ref, tab, tp.L, tp.key, "torch", "")
     assert (want - exact).abs().max() > 1e-6 * exact.abs().max()  # the rounding really happened
 
