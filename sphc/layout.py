@@ -64,6 +64,15 @@ def cg_pattern_size(l1: int, l2: int, l: int) -> int:
     return sum(max(0, min(l1, m + l2) - max(-l1, m - l2) + 1) for m in range(-l, l + 1))
 
 
+def cg_offsets(paths) -> dict[tuple[int, int, int], int]:
+    """Where each path's ``cg_pattern`` block starts in a layer's CG table (paths in table order)."""
+    offsets, off = {}, 0
+    for l1, l2, l, *_ in paths:
+        offsets[(l1, l2, l)] = off
+        off += cg_pattern_size(l1, l2, l)
+    return offsets
+
+
 def pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 

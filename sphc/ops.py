@@ -120,7 +120,8 @@ def tp_reference_backward(
     return grad.t().reshape(x.shape)
 
 
-def _truncated(t: torch.Tensor, L: int) -> torch.Tensor:
+def truncate(t: torch.Tensor, L: int) -> torch.Tensor:
+    """Keep degrees < L of a padded harmonic tensor (and the matching m range): a view, no copy."""
     L_in = t.shape[2]
     return t[:, :, :L, L_in - L : L_in - 1 + L]
 
@@ -136,15 +137,15 @@ def rounded(x: torch.Tensor, io: str) -> torch.Tensor:
 
 
 def _tp_project_reference(x, u, ref, L_tp):
-    return torch.einsum("bclmt,ltu->bclmu", _truncated(tp_reference(x, ref, L_tp, u.shape[1]), u.shape[0]), u)
+    return torch.einsum("bclmt,ltu->bclmu", truncate(tp_reference(x, ref, L_tp, u.shape[1]), u.shape[0]), u)
 
 
 def _tp_project_reference_backward(g, x, u, ref, L_tp):
     L, width = u.shape[0], u.shape[1]
-    t = _truncated(tp_reference(x, ref, L_tp, width), L)
+    t = truncate(tp_reference(x, ref, L_tp, width), L)
     gu = torch.einsum("bclmt,bclmu->ltu", t.conj(), g)
     gt = x.new_zeros(x.shape[0], x.shape[1], L_tp, 2 * L_tp - 1, width)
-    _truncated(gt, L).copy_(torch.einsum("bclmu,ltu->bclmt", g, u.conj()))
+    truncate(gt, L).copy_(torch.einsum("bclmu,ltu->bclmt", g, u.conj()))
     return tp_reference_backward(gt, x, ref, L_tp, width), gu
 
 

@@ -113,10 +113,7 @@ class TPKernelPlan:
 
 def _unrolled(paths: tuple, cg_values: np.ndarray, L_out: int) -> tuple[UnrolledDegree, ...]:
     """Every output row's CG entries as literals, or () when the layer is too large to unroll."""
-    offsets, off = {}, 0
-    for l1, l2, l, _ in paths:
-        offsets[(l1, l2, l)] = off
-        off += layout.cg_pattern_size(l1, l2, l)
+    offsets = layout.cg_offsets(paths)
     kept = layout.kernel_paths(paths, L_out)
     spans = [(offsets[p[:3]], layout.cg_pattern_size(*p[:3])) for p in kept]
     if sum(np.count_nonzero(cg_values[a : a + n]) for a, n in spans) > UNROLL_MAX_ENTRIES:

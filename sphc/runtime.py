@@ -111,12 +111,6 @@ class PackedWeight(nn.Module):
         return torch.complex(re, im).view(self.shape)
 
 
-def _truncate(x: torch.Tensor, L: int) -> torch.Tensor:
-    """Keep degrees < L of a padded harmonic tensor (and the matching m range)."""
-    L_in = x.shape[2]
-    return x[:, :, :L, L_in - L : L_in - 1 + L]
-
-
 def _col_mask(cols: layout.Cols, width: int) -> np.ndarray:
     mask = np.zeros((len(cols), width), dtype=bool)
     for l, c in enumerate(cols):
@@ -169,7 +163,7 @@ class S2Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w().permute(2, 0, 1, 3).unsqueeze(2)  # (l, c, 1, k, n)
-        return ops.degree_linear(_truncate(x, self.L)[..., :1], w, self.key, self.backend)
+        return ops.degree_linear(ops.truncate(x, self.L)[..., :1], w, self.key, self.backend)
 
 
 class SO3Conv(nn.Module):
@@ -189,7 +183,7 @@ class SO3Conv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w().permute(2, 0, 4, 1, 3)  # (l, c, n', k, n)
-        return ops.degree_linear(_truncate(x, self.L), w, self.key, self.backend)
+        return ops.degree_linear(ops.truncate(x, self.L), w, self.key, self.backend)
 
 
 class ZonalConv(nn.Module):
@@ -205,11 +199,11 @@ class ZonalConv(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.w().to(x.dtype).permute(2, 0, 1)[:, :, None, :, None]  # (l, c, 1, k, 1)
-        return ops.degree_linear(_truncate(x, self.L), w, self.key, self.backend)
+        return ops.degree_linear(ops.truncate(x, self.L), w, self.key, self.backend)
 
 
 def _pad(x: torch.Tensor, L: int) -> torch.Tensor:
-    """Zero-extend a ``(..., L_in, 2L_in-1)`` coefficient layout to bandlimit ``L`` (inverse of _truncate)."""
+    """Zero-extend a ``(..., L_in, 2L_in-1)`` coefficient layout to bandlimit ``L`` (inverse of ops.truncate)."""
     L_in = x.shape[-2]
     if L_in == L:
         return x
@@ -240,7 +234,7 @@ class Pointwise(nn.Module):
         if self.domain == "s2":
             f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True, tables=self.tables)
             y = s2_forward_2d(self.act(f), self.L_os, tables=self.tables)
-            return _truncate(y, self.L).unsqueeze(-1)
+            return ops.truncate(y, self.L).unsqueeze(-1)
         flmn = x.permute(0, 1, 4, 2, 3)  # runtime (l, m, n) → the transforms' (n, l, m) layout
         T = 2 * self.N - 1
         flmn = _pad(flmn, self.L_os)
@@ -248,7 +242,7 @@ class Pointwise(nn.Module):
         f = so3_inverse(flmn, self.L_os, self.N_os, real=True, tables=self.tables)
         y = so3_forward(self.act(f), self.L_os, self.N_os, tables=self.tables)
         y = y[:, :, self.N_os - self.N : self.N_os - self.N + T]
-        return _truncate(y.permute(0, 1, 3, 4, 2), self.L)
+        return ops.truncate(y.permute(0, 1, 3, 4, 2), self.L)
 
 
 class TensorProduct(nn.Module):
@@ -395,7 +389,7 @@ class GenConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(K, tau, 2)) if live[0] else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _truncate(x, self.L)
+        x = ops.truncate(x, self.L)
         B, C = x.shape[:2]
         # uniform: the same (width, tau_u) matrix for every channel, so channels join the batch
         u = self.u().unsqueeze(1).unsqueeze(3)  # (l, 1, t, 1, u)
@@ -442,7 +436,7 @@ class FullGenConv(nn.Module):
         self.bias = nn.Parameter(torch.zeros(K, tau, 2)) if cols_in[0] else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = ops.degree_linear(_truncate(x, self.L), self.w(), self.key, self.backend)
+        y = ops.degree_linear(ops.truncate(x, self.L), self.w(), self.key, self.backend)
         return _add_bias(y, self.bias)
 
 

@@ -35,10 +35,7 @@ def build_tables(shape: layout.TPShape, width: int, paths, cg: np.ndarray) -> di
     (flattened (l, column)) that projects it, or to the appended zero row when (i, j) is no pair.
     """
     L_out, M_out = shape.L_out, 2 * shape.L_out - 1
-    offsets, off = {}, 0
-    for l1, l2, l, _ in paths:  # cg holds every path of the layer in the analysis order
-        offsets[(l1, l2, l)] = off
-        off += layout.cg_pattern_size(l1, l2, l)
+    offsets = layout.cg_offsets(paths)  # cg holds every path of the layer, in analysis order
     kept = layout.kernel_paths(paths, L_out)
     P = len(kept)
     path_start = np.zeros(L_out + 1, dtype=np.int32)
