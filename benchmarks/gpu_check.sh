@@ -21,6 +21,8 @@
 #     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl lark==1.3.1 pyssht==1.5.3
 #
+# GPU_CHECK_STEPS="tests-kernels mnist" runs only the named steps (names as in summary.txt).
+#
 # Local dry run (no GPU, nothing installed): GPU_CHECK_NO_INSTALL=1 BENCH_ARGS="--cpu-quick --L 8" \
 #     OUT=/tmp/gpu_out bash benchmarks/gpu_check.sh   (BENCH_ARGS is appended to every bench_kernels call)
 #
@@ -46,6 +48,10 @@ left() { echo $((BUDGET - ($(date +%s) - START))); }
 step() {
     local name=$1 cap=$2 logf=$3
     shift 3
+    if [ -n "${GPU_CHECK_STEPS:-}" ] && [[ " $GPU_CHECK_STEPS " != *" $name "* ]]; then
+        log "step $name: not selected (GPU_CHECK_STEPS=$GPU_CHECK_STEPS)"
+        return 0
+    fi
     local rem
     rem=$(($(left) - 5))
     if [ "$rem" -lt 15 ]; then
@@ -110,13 +116,18 @@ fi
     || log "WARNING: sphc not importable: later steps will fail (carry .whl/ with lark)"
 
 # ---- 3. GPU tests
-TESTS=$(ls tests/test_kernels*.py tests/test_compile.py 2>/dev/null | tr '\n' ' ')
+# kernel tests first (they are what only a GPU can check), test_compile (inductor, slow to build) last
+TESTS=$(ls tests/test_kernels*.py 2>/dev/null; ls tests/test_compile.py 2>/dev/null)
+TESTS=$(echo $TESTS)
 PYTEST_OPTS="-v -p no:cacheprovider --continue-on-collection-errors -rfE --durations=10"
 "$PY" -c "import pytest_timeout" 2>/dev/null && PYTEST_OPTS="$PYTEST_OPTS --timeout=120"
+# Triton's JIT compile is CPU-bound and dominated the first run (2026-11-28, H200): spread the
+# tests over the machine's cores with pytest-xdist where it is installed
+"$PY" -c "import xdist" 2>/dev/null && PYTEST_OPTS="$PYTEST_OPTS -n ${GPU_CHECK_WORKERS:-8}"
 IGNORE=""
 if [ -n "$TESTS" ]; then
     # shellcheck disable=SC2086
-    step tests-kernels 100 "$OUT/tests.log" "$PY" -m pytest $PYTEST_OPTS $TESTS
+    step tests-kernels 150 "$OUT/tests.log" "$PY" -m pytest $PYTEST_OPTS $TESTS
     for t in $TESTS; do IGNORE="$IGNORE --ignore=$t"; done
 else
     log "step tests-kernels: no tests/test_kernels*.py or tests/test_compile.py in this tree"
@@ -135,7 +146,7 @@ step kernels 200 "$OUT/kernels.log" "$PY" benchmarks/bench_kernels.py --parts la
 
 # ---- 5. mnist training step
 # shellcheck disable=SC2086
-step mnist 45 "$OUT/mnist.log" "$PY" benchmarks/bench_kernels.py --parts mnist ${BENCH_ARGS:-}
+step mnist 150 "$OUT/mnist.log" "$PY" benchmarks/bench_kernels.py --parts mnist ${BENCH_ARGS:-}
 
 # ---- 6. sphc tune
 step tune 45 "$OUT/tune.log" "$PY" -m sphc tune examples/mnist.sph --batch 32 -o "$OUT/tuning.json"

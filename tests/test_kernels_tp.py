@@ -143,7 +143,12 @@ def test_reference_backward_is_the_derivative(layers):
     x, u = _inputs(tp, gc, torch.float64, B=1)
     x.requires_grad_()
     u.requires_grad_()
-    assert torch.autograd.gradcheck(lambda a, b: _project(tp, a, b, "torch"), (x, u), eps=1e-6, atol=1e-7)
+    # on CUDA the reference scatters with atomic index_add, so two backwards may differ by rounding
+    # (seen on an H200, 2026-11-28); on the CPU they must agree exactly
+    nondet = 1e-12 if DEVICE == "cuda" else 0.0
+    assert torch.autograd.gradcheck(
+        lambda a, b: _project(tp, a, b, "torch"), (x, u), eps=1e-6, atol=1e-7, nondet_tol=nondet
+    )
 
 
 def test_fused_equals_unfused():
