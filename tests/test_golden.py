@@ -2,7 +2,8 @@
 
 For each ``examples/*.sph`` the generated model gets deterministic float64 weights (each parameter
 filled from a generator seeded by its name, so the values do not depend on construction order) and
-a fixed input; its eval-mode output must equal the one recorded in ``tests/golden/<name>.json`` to
+a fixed input; its output (training mode, so ``Norm`` normalises by batch statistics and values
+stay O(1); dropout off) must equal the one recorded in ``tests/golden/<name>.json`` to
 1e-12 relative. Parameter names and shapes are recorded too: a change there is a change of the
 model's interface (checkpoints), which a refactor must not make silently.
 ``pytest --update-golden`` rewrites the files (only when a change of the maths is intended).
@@ -37,7 +38,10 @@ def _fill(model: torch.nn.Module) -> None:
 
 
 def _run(path: Path) -> dict:
-    model = sphc.load(path).Model(backend="torch").double().eval()
+    model = sphc.load(path).Model(backend="torch").double().train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.eval()
     _fill(model)
     g = torch.Generator().manual_seed(_seed(path.stem))
     x = torch.randn(2, *model.input_shape, generator=g, dtype=torch.float64)
