@@ -3,7 +3,7 @@
 Part 1 — one efficient generalized layer at batch 32, C = K = 8, L = 16, tau = 2, tau_u = 4, float32,
 forward and forward+backward, three implementations of the same tensor product:
 
-* ``sphc``  — ``sphc.runtime.TensorProduct`` (sparse gather-multiply-scatter) then ``sphc.runtime.GenConv``,
+* ``sphc``  — ``sphc.runtime.layers.TensorProduct`` (sparse gather-multiply-scatter) then ``sphc.runtime.layers.GenConv``,
   taken from the model compiled from ``MODEL`` below;
 * ``dense`` — a straightforward dense-einsum tensor product written here: per path the full dense CG
   tensor (2l+1, 2l1+1, 2l2+1) from ``sphc.cg.cg_block``, ``einsum('mpq,bcpi,bcqj->bcmij')`` over all
@@ -76,7 +76,7 @@ def model_text(L: int, K: int, tau: int, tau_u: int, mix: str = "mst") -> str:
 def build(text: str):
     """(front, tp, genconv, tp_info): the compiled model's layers before the TP, the TP and its GenConv."""
     import sphc
-    from sphc import runtime as rt
+    from sphc.runtime import layers as rt
 
     mod = sphc.load(text)
     model = mod.Model()
@@ -350,7 +350,7 @@ def check_dense(args) -> float:
         y_ref, y_den = gc_mod(t_ref), gc_mod(t_den)
         err = max(err_tp, (y_ref - y_den).abs().max().item())
     scale = t_ref.abs().max().item()
-    assert err <= 1e-10, f"dense einsum TP differs from sphc.runtime.TensorProduct: {err:.3e}"
+    assert err <= 1e-10, f"dense einsum TP differs from sphc.runtime.layers.TensorProduct: {err:.3e}"
     print(
         f"check: dense einsum == sphc reference in float64, max |diff| = {err:.2e} (|TP out| max {scale:.2f})"
     )

@@ -123,7 +123,7 @@ def s2_accuracy(L: int) -> dict[str, float]:
     import pyssht
     import torch
 
-    from sphc import transforms as T
+    from sphc.runtime import transforms as T
 
     g = torch.Generator().manual_seed(L)
     out = {}
@@ -157,7 +157,7 @@ def s2_part(Ls, batch: int, rounds: int) -> tuple[list[str], dict]:
     import pyssht
     import torch
 
-    from sphc import transforms as T
+    from sphc.runtime import transforms as T
 
     tables, res = [], {}
     for L in Ls:
@@ -359,7 +359,7 @@ def so3_part(LNs, batch: int, rounds: int) -> list[str]:
     import numpy as np
     import torch
 
-    from sphc import transforms as T
+    from sphc.runtime import transforms as T
 
     rows, checks = [], []
     for L, N in LNs:
@@ -448,7 +448,7 @@ BUILD_CHILD = """
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[1]))
-from sphc import transforms as T
+from sphc.runtime import transforms as T
 L_s2, L_so3 = int(sys.argv[2]), int(sys.argv[3])
 out = {}
 def twice(fn):
@@ -479,7 +479,7 @@ def s2_table_bytes(L: int) -> list[tuple[str, int | None]]:
     """(what, bytes) of the S^2 tables sphc keeps for L after a float32 and a float64 transform each way."""
     import torch
 
-    from sphc import transforms as T
+    from sphc.runtime import transforms as T
 
     for dtype in (torch.float32, torch.float64):
         f = torch.zeros(1, L, 2 * L - 1, dtype=dtype)
@@ -510,7 +510,7 @@ def s2_table_bytes(L: int) -> list[tuple[str, int | None]]:
 def tables_part(L_s2: int, L_so3: int, threads: int) -> list[str]:
     import torch
 
-    from sphc import transforms as T
+    from sphc.runtime import transforms as T
 
     s2 = s2_table_bytes(L_s2)
     rows = [(what, fmt_mib(b)) for what, b in s2]

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 import sphc
-from sphc.testing import layer_equivariance_error, random_bandlimited
+from sphc.apps.equivariance import layer_equivariance_error, random_bandlimited
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from _common import machine, table  # noqa: E402

@@ -6,7 +6,7 @@ Public surface: ``compile_source(text) -> str`` (the generated module's source),
 
 __version__ = "0.1.0"
 
-from .errors import SphcError  # noqa: E402
-from .pipeline import check_source, compile_source, load  # noqa: E402
+from sphc.compiler.pipeline import check_source, compile_source, load  # noqa: E402
+from sphc.errors import SphcError  # noqa: E402
 
 __all__ = ["SphcError", "__version__", "check_source", "compile_source", "load"]

@@ -17,7 +17,7 @@ from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
 import sphc
-from sphc import launch
+from sphc.runtime import launch
 
 INT_TABLES = {"path_start", "path_l12", "col1", "col2", "row_off"}
 

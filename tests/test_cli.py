@@ -1,6 +1,6 @@
 """The ``sphc`` command line: exit codes, where output goes, and no traceback for user mistakes.
 
-Exit codes (sphc/cli.py): 0 ok, 1 a user mistake (located diagnostic on stderr), 2 usage
+Exit codes (sphc/apps/cli.py): 0 ok, 1 a user mistake (located diagnostic on stderr), 2 usage
 (argparse), 3 an internal error.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import sphc
-from sphc import cli
+from sphc.apps import cli
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO_ROOT / "examples"
@@ -109,7 +109,7 @@ def test_directory_instead_of_file(capsys, tmp_path: Path):
 
 
 def test_file_that_is_not_utf8_is_a_user_error(capsys, tmp_path: Path):
-    """BUG (sphc/cli.py ``_run``): only OSError is caught around ``read_text()``; a latin-1 file
+    """BUG (sphc/apps/cli.py ``_run``): only OSError is caught around ``read_text()``; a latin-1 file
     raises UnicodeDecodeError and the CLI calls it an internal error (exit 3)."""
     latin = tmp_path / "latin.sph"
     latin.write_bytes("Input s2 L=4  # café\n  -> S2Conv\n".encode("latin-1"))
@@ -120,7 +120,7 @@ def test_file_that_is_not_utf8_is_a_user_error(capsys, tmp_path: Path):
 
 
 def test_unwritable_output_is_a_user_error(capsys, tmp_path: Path):
-    """BUG (sphc/cli.py ``_run``): ``Path(target).write_text`` is not guarded; a missing output
+    """BUG (sphc/apps/cli.py ``_run``): ``Path(target).write_text`` is not guarded; a missing output
     directory raises FileNotFoundError and the CLI calls it an internal error (exit 3)."""
     target = tmp_path / "no" / "such" / "dir" / "model.py"
     code, out, err = run(capsys, "compile", EFFICIENT, "-o", target)

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import sphc
-from sphc import transforms
 from sphc.errors import SphcError
+from sphc.runtime import transforms
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # no TensorProduct: S2Conv, SO(3) ReLUs (one oversampled), SO3Conv, Norm, Invariant, Dense

@@ -22,6 +22,7 @@ import torch
 
 import sphc
 from sphc import SphcError
+from sphc.compiler import lower
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).with_name("invalid_models.txt")
@@ -106,7 +107,7 @@ def test_data_file_is_big_enough():
 
 def test_every_layer_kind_has_a_bad_case():
     text = "\n".join(c.source for c in CASES)
-    for name in sphc.lower.LAYERS:
+    for name in lower.LAYERS:
         assert re.search(rf"\b{name}\b", text), f"no invalid case mentions `{name}`"
 
 
@@ -181,7 +182,7 @@ def test_whitespace_variants_locate_the_value(text: str):
 def test_render_shows_the_line_the_span_counts(text: str):
     """Spans count lines by "\\n" only (lark); the rendered source line must be that same line.
 
-    BUG (sphc/errors.py, sphc/syntax.py): both use ``str.splitlines()``, which also splits on
+    BUG (sphc/errors.py, sphc/compiler/syntax.py): both use ``str.splitlines()``, which also splits on
     \\r, \\f, \\x85, U+2028 ..., so the caret lands under the wrong line, or past its end.
     """
     err = _raise(text)
@@ -207,7 +208,7 @@ def test_unicode_in_comments_keeps_columns():
     ],
 )
 def test_non_finite_numbers_are_rejected(text: str, col: int):
-    """BUG (sphc/lower.py): 1e400 is accepted as inf; the generated module then says ``eps=inf``
+    """BUG (sphc/compiler/lower.py): 1e400 is accepted as inf; the generated module then says ``eps=inf``
     and importing it raises NameError. Every float parameter must be finite."""
     err = _raise(text)
     assert (err.span.line, err.span.col) == (1, col)
@@ -216,7 +217,7 @@ def test_non_finite_numbers_are_rejected(text: str, col: int):
 
 @pytest.mark.parametrize("value", ["99999999999999999999999", str(2**63)])
 def test_absurd_bandlimit_is_a_located_error(value: str):
-    """BUG (sphc/lower.py): no upper bound on L; analysis raises OverflowError (or runs forever)."""
+    """BUG (sphc/compiler/lower.py): no upper bound on L; analysis raises OverflowError (or runs forever)."""
     text = f"Input s2 L={value} C=1"
     err = _raise(text)
     assert (err.span.line, err.span.col) == (1, 12)
@@ -251,7 +252,7 @@ _GUARDED = textwrap.dedent(
 def test_oversized_models_fail_fast_with_a_located_error(text: str):
     """`sphc check` on a three-line model must not eat all memory; a size limit is a user error.
 
-    BUG (sphc/lower.py / sphc/analysis.py): nothing bounds L or the tensor-product column pairs, so
+    BUG (sphc/compiler/lower.py / sphc/compiler/analysis.py): nothing bounds L or the tensor-product column pairs, so
     these run out of memory (run here under a 3 GB address-space limit and a 60 s timeout).
     """
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
@@ -273,7 +274,7 @@ def test_oversized_models_fail_fast_with_a_located_error(text: str):
 def test_headerless_first_layer_with_bad_L_points_at_the_value():
     """`S2Conv L=2.5` as the first layer: the problem is the value 2.5, not a missing bandlimit.
 
-    Unhelpful today (sphc/lower.py ``_input``): "cannot tell the input bandlimit" at 1:1.
+    Unhelpful today (sphc/compiler/lower.py ``_input``): "cannot tell the input bandlimit" at 1:1.
     """
     err = _raise("S2Conv L=2.5 -> Norm")
     assert (err.span.line, err.span.col) == (1, 10)
@@ -281,7 +282,7 @@ def test_headerless_first_layer_with_bad_L_points_at_the_value():
 
 
 def test_load_of_a_file_that_is_not_utf8(tmp_path: Path):
-    """BUG (sphc/pipeline.py ``_read``): ``read_text()`` with the locale's encoding, unguarded; a
+    """BUG (sphc/compiler/pipeline.py ``_read``): ``read_text()`` with the locale's encoding, unguarded; a
     latin-1 file raises UnicodeDecodeError instead of an SphcError naming the file."""
     path = tmp_path / "latin.sph"
     path.write_bytes("Input s2 L=4  # café\n  -> S2Conv\n".encode("latin-1"))
@@ -342,7 +343,7 @@ def test_wrong_input_shape_names_the_expected_shape(small_model, shape):
 def test_wrong_input_dtype_is_a_located_error_naming_the_shape(small_model, dtype):
     """The issue: a complex or integer tensor raises SphcError naming the expected shape.
 
-    BUG (sphc/runtime.py ``InputSHT.forward``): the dtype message does not say what the model takes.
+    BUG (sphc/runtime/layers.py ``InputSHT.forward``): the dtype message does not say what the model takes.
     """
     x = torch.zeros(4, 2, 6, 11, dtype=dtype)
     with pytest.raises(SphcError) as info:

@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import sphc
-from sphc import SphcError, ir, lower, syntax
+from sphc import SphcError
+from sphc.compiler import ir, lower, syntax
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {p.name: p.read_text(encoding="utf-8") for p in sorted((REPO_ROOT / "examples").glob("*.sph"))}

@@ -13,13 +13,14 @@ import itertools
 import pytest
 import torch
 
-from sphc import launch, ops, triton_linear
-from sphc.codegen import render_template
+from sphc import kernel_spaces
+from sphc.compiler.codegen import render_template
+from sphc.compiler.pipeline import import_source
+from sphc.compiler.plan import LinearKernelPlan
 from sphc.errors import SphcError
-from sphc.pipeline import import_source
-from sphc.plan import LinearKernelPlan
+from sphc.runtime import launch, linear_kernels, ops
 
-HEADER = "import triton\nimport triton.language as tl\n\nfrom sphc import launch, triton_linear\n\n"
+HEADER = "import triton\nimport triton.language as tl\n\nfrom sphc import runtime as rt\n\n"
 TOL = {torch.complex128: 1e-12, torch.complex64: 1e-5}
 _count = itertools.count()
 # compiled kernels on a GPU (every tensor below is made there); Triton's interpreter on CPU otherwise
@@ -38,9 +39,9 @@ def kernels():
     mp = pytest.MonkeyPatch()
     if DEVICE == "cpu":
         mp.setenv("TRITON_INTERPRET", "1")  # before @triton.jit runs: kernels become interpreted
-    built: dict[tuple[int, ...], triton_linear.LinearKernels] = {}
+    built: dict[tuple[int, ...], linear_kernels.LinearKernels] = {}
 
-    def get(L: int, C: int, T: int, K: int, V: int) -> triton_linear.LinearKernels:
+    def get(L: int, C: int, T: int, K: int, V: int) -> linear_kernels.LinearKernels:
         if (L, C, T, K, V) not in built:
             n = next(_count)
             plan = LinearKernelPlan(f"l{n}_lin", L, C, T, K, V)
@@ -119,10 +120,10 @@ def test_small_blocks_and_split(kernels):
     B, L, C, T, K, V = 3, 4, 5, 4, 3, 6  # C*T = 20, K*V = 18: two blocks of 16 each way
     lin = kernels(L, C, T, K, V)
     tiny = (("BLOCK_M", 16), ("BLOCK_N", 16), ("BLOCK_K", 16))
-    wtiny = launch.Config((("BLOCK_J", 16), ("BLOCK_N", 16), ("BLOCK_R", 16)))
+    wtiny = kernel_spaces.Config((("BLOCK_J", 16), ("BLOCK_N", 16), ("BLOCK_R", 16)))
     x, w = _signal(B, C, L, T, torch.complex128), torch.randn(L, C, T, K, V, dtype=torch.complex128)
     for split in (1, 2, 3):
-        cfg = launch.Config(tiny)
+        cfg = kernel_spaces.Config(tiny)
         _check(lin, x, w, fwd=cfg, dgrad=cfg, wgrad=wtiny, split=split)
 
 
@@ -144,12 +145,12 @@ def test_weight_grad_is_deterministic(kernels):
 
 
 def test_spaces_fit_the_problem():
-    for space in (triton_linear.rowgemm_space(6, 4), triton_linear.wgrad_space(200, 300)):
+    for space in (kernel_spaces.rowgemm_space(6, 4), kernel_spaces.wgrad_space(200, 300)):
         assert len(space) <= 12
         for cfg in space:
             assert all(v >= 16 and v & (v - 1) == 0 for v in cfg.kwargs.values()), cfg.describe()
-        assert all(launch.Config.from_json(cfg.to_json()) == cfg for cfg in space)  # bakes round-trip
-    first = triton_linear.rowgemm_space(6, 4)[0].kwargs
+        assert all(kernel_spaces.Config.from_json(cfg.to_json()) == cfg for cfg in space)  # bakes round-trip
+    first = kernel_spaces.rowgemm_space(6, 4)[0].kwargs
     assert first["BLOCK_N"] == 16 and first["BLOCK_K"] == 16  # no tile wider than the problem
 
 
@@ -157,7 +158,7 @@ def test_split_count(kernels):
     lin = kernels(2, 2, 3, 2, 1)
     assert lin.split_for(1) == 1
     assert lin.split_for(10**6) == lin.max_split
-    assert triton_linear.LinearKernels(**{**vars(lin), "split_budget": 24 * 5}).split_for(10**6) == 5
+    assert linear_kernels.LinearKernels(**{**vars(lin), "split_budget": 24 * 5}).split_for(10**6) == 5
 
 
 def test_bad_arguments(kernels, monkeypatch):

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 import sphc
-from sphc import launch, ops, plan
+from sphc.apps.equivariance import layer_equivariance_error, random_bandlimited
+from sphc.compiler import plan
+from sphc.compiler.pipeline import import_source
 from sphc.errors import SphcError
-from sphc.pipeline import import_source
-from sphc.testing import layer_equivariance_error, random_bandlimited
+from sphc.runtime import launch, ops
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 # compiled kernels on a GPU; Triton's interpreter on CPU tensors otherwise (tests/conftest.py)

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from sphc.ir import Mixing
-from sphc.mixing import mixing_set
+from sphc.compiler.ir import Mixing
+from sphc.compiler.mixing import mixing_set
 
 
 def _mean_pairs(mix: Mixing, L: int) -> float:

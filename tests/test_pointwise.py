@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import sphc
-from sphc.testing import layer_equivariance_error, random_bandlimited
+from sphc.apps.equivariance import layer_equivariance_error, random_bandlimited
 
 
 def _layer_and_input(src: str, batch: int = 3):

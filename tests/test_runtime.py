@@ -13,7 +13,7 @@ import torch
 from sympy.physics.quantum.cg import CG
 
 import sphc
-from sphc.testing import assert_equivariant, layer_equivariance_error, random_harmonic
+from sphc.apps.equivariance import assert_equivariant, layer_equivariance_error, random_harmonic
 
 # Small models whose layers cover every harmonic layer kind.
 MODELS = {

@@ -11,8 +11,8 @@ import pyssht
 import pytest
 import torch
 
-from sphc.transforms import _so3_plan, _so3_tables, so3_forward, so3_inverse, so3_table_nbytes
-from sphc.wigner import wigner_D
+from sphc.runtime.transforms import _so3_plan, _so3_tables, so3_forward, so3_inverse, so3_table_nbytes
+from sphc.runtime.wigner import wigner_D
 
 rng = np.random.default_rng()
 SWEEP = [

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sphc
-from sphc import ir, lower, syntax
+from sphc.compiler import ir, lower, syntax
 from sphc.errors import Span
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

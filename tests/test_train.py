@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import sphc.train as training
-from sphc.cli import main
+from sphc.apps import train as training
+from sphc.apps.cli import main
+from sphc.apps.train import PlanarCNN, TrainConfig, train
 from sphc.errors import SphcError
-from sphc.train import PlanarCNN, TrainConfig, train
 
 TINY = (
     "Input s2 L=8 C=1 -> S2Layer C=4 L=6 N=2 -> EfficientLayer mst L=4 K=8 tau=2 -> Invariant -> Dense 10\n"

@@ -7,7 +7,7 @@ import pyssht
 import pytest
 import torch
 
-from sphc.transforms import (
+from sphc.runtime.transforms import (
     flm_1d_to_2d,
     flm_2d_to_1d,
     s2_forward,

@@ -1,4 +1,4 @@
-"""``sphc tune`` and ``sphc compile --tuning`` without a GPU (sphc/tune.py, sphc/launch.py).
+"""``sphc tune`` and ``sphc compile --tuning`` without a GPU (sphc/apps/tune.py, sphc/runtime/launch.py).
 
 On CPU: ``sphc tune`` says there is no GPU and exits 2; ``--dry-run`` runs every distinct config in
 Triton's interpreter against the torch reference; the recorder that ``sphc tune`` uses on a GPU is
@@ -22,7 +22,10 @@ import pytest
 import torch
 
 import sphc
-from sphc import cli, launch, tune
+from sphc import kernel_spaces
+from sphc.apps import cli, tune
+from sphc.compiler import pipeline, tuning
+from sphc.runtime import launch
 
 TINY = "Input s2 L=3 C=1 -> S2Conv C=2 L=3 N=2 -> TensorProduct mst -> GenConv K=1 tau=1 tau_u=2 -> Invariant -> Dense 2"
 LINEAR = "Input s2 L=2 C=1 -> S2Conv C=1 L=2 N=1 -> Invariant -> Dense 2"
@@ -154,7 +157,7 @@ def test_dry_run_pins_a_failure_to_its_kernel_and_config(capsys, tmp_path, monke
 
 def test_recorder_times_every_config_and_writes_the_tuning_file(tmp_path, monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    module = tune.load_module(LINEAR, "linear.sph", f"sphc_tune_rec_{next(_NAMES)}")
+    module = pipeline.load_source(LINEAR, "linear.sph", f"sphc_tune_rec_{next(_NAMES)}")
     tunables = {t.name: t for t in tune.module_tunables(module)}
     calls: dict[str, int] = {}
     current = [""]
@@ -196,7 +199,7 @@ def test_recorder_times_every_config_and_writes_the_tuning_file(tmp_path, monkey
 
     target = tmp_path / "linear.tuning.json"
     tune.write_tuning(result, target)
-    assert tune.read_tuning(target).data == result
+    assert tuning.read_tuning(target).data == result
     table = tune.summary(result).splitlines()
     assert table[0].split() == ["kernel", "best", "config", "best", "ms", "default", "ms", "speedup"]
     assert all(any(line.startswith(name) for line in table) for name in tunables)
@@ -228,7 +231,7 @@ def test_recorder_zeroes_accumulators_between_trials_and_before_the_real_launch(
 
     seen: list[torch.Tensor] = []
     monkeypatch.setattr(launch, "do_bench", bench)
-    space = launch.configs({"BLOCK": (16, 32)}, warps=(4, 8), stages=(1,))
+    space = kernel_spaces.configs({"BLOCK": (16, 32)}, warps=(4, 8), stages=(1,))
     t = launch.Tunable("acc_bwd", Accumulating(), space, key=("n",), reset=("out",))
     out, x = torch.zeros(4), torch.arange(4.0)
     with launch.recording(progress=False) as rec:
@@ -242,9 +245,11 @@ def test_recorder_zeroes_accumulators_between_trials_and_before_the_real_launch(
 RECORD_TP = """
 import itertools, json, sys
 import torch
-from sphc import launch, runtime, tune
+from sphc.apps import tune
+from sphc.compiler import pipeline
+from sphc.runtime import launch, layers
 
-module = tune.load_module(sys.argv[1], "tiny.sph")
+module = pipeline.load_source(sys.argv[1], "tiny.sph")
 timer = itertools.count(1)
 calls = {}
 current = [""]
@@ -267,7 +272,7 @@ model = module.Model(backend="torch").double().eval()
 x = torch.randn(9, *module.INPUT_SHAPE, dtype=torch.float64)  # B*C = 18: 2 blocks of 16, 1 of 128
 res = []
 for backend in ("torch", "triton"):
-    runtime.set_backend(model, backend)
+    layers.set_backend(model, backend)
     model.zero_grad()
     with launch.recording(progress=False) as rec, launch.poison():
         y = model(x)
@@ -297,7 +302,7 @@ def test_recorder_on_the_fused_tp_kernels_resets_every_partial_buffer():
 
 def test_recorder_reuses_the_winner_and_fails_when_nothing_runs(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
-    module = tune.load_module(LINEAR, "linear.sph", f"sphc_tune_rec_{next(_NAMES)}")
+    module = pipeline.load_source(LINEAR, "linear.sph", f"sphc_tune_rec_{next(_NAMES)}")
     t = next(t for t in tune.module_tunables(module) if t.name == "l1_s2conv_fwd")
     x = torch.randn(1, *module.INPUT_SHAPE, dtype=torch.float64)
 
@@ -339,7 +344,8 @@ def synthetic_tuning(text: str, pick: int = -1) -> tuple[dict, dict]:
 RUN_BAKED = """
 import importlib.util, json, sys
 import torch
-from sphc import launch, runtime, tune
+from sphc.apps import tune
+from sphc.runtime import launch, layers
 
 spec = importlib.util.spec_from_file_location("baked_model", sys.argv[1])
 module = importlib.util.module_from_spec(spec)
@@ -358,7 +364,7 @@ model = module.Model(backend="torch").double().eval()
 x = torch.randn(1, *module.INPUT_SHAPE, dtype=torch.float64)
 results = []
 for backend in ("torch", "triton"):
-    runtime.set_backend(model, backend)
+    layers.set_backend(model, backend)
     model.zero_grad()
     with launch.poison():
         y = model(x)
@@ -389,7 +395,7 @@ def test_compile_with_tuning_bakes_the_configs(capsys, tmp_path):
     tunables = tune.module_tunables(module)
     assert {t.name: t.baked for t in tunables} == chosen
     assert all(t.tuned_for is module.TUNED_FOR for t in tunables)
-    # the spaces tune.kernel_spaces validates against are those of the generated Tunables
+    # the spaces tuning.kernel_spaces validates against are those of the generated Tunables
     assert {t.name: t.space for t in tunables} == tune.spaces_of(TINY)
     # every Tunable's autotuning key and reset arguments are kernel parameters
     for t in tunables:
@@ -425,7 +431,7 @@ def test_tuning_for_other_source_text_warns(capsys, tmp_path):
     code, out, err = run(capsys, "compile", path, "-o", tmp_path / "m.py", "--tuning", tuning)
     assert code == 0, err
     assert err.startswith(f"warning: tuning file {tuning} was made for other model text")
-    assert "baked=launch.Config" in (tmp_path / "m.py").read_text()
+    assert "baked=rt.Config" in (tmp_path / "m.py").read_text()
 
 
 def _edit(data: dict, path: str, value) -> dict:
@@ -499,7 +505,7 @@ def test_baked_config_on_another_gpu_warns_once_and_is_not_used(monkeypatch):
     running = ["NVIDIA A100-SXM4-80GB"]
     monkeypatch.setattr(launch, "_gpu_name", lambda args: running[0])
     monkeypatch.setattr(launch, "_WARNED", set())
-    space = launch.configs({"BLOCK": (16, 32)}, warps=(4,), stages=(1,))
+    space = kernel_spaces.configs({"BLOCK": (16, 32)}, warps=(4,), stages=(1,))
     tunable = launch.Tunable(
         "k_fwd", object(), space, key=(), baked=space[1], tuned_for={"device": "NVIDIA H100"}
     )
@@ -519,7 +525,7 @@ def test_tunable_checks_its_key_names():
     class Kernel:
         arg_names = ["x_ptr", "BC", "BLOCK"]
 
-    space = launch.configs({"BLOCK": (16,)}, warps=(4,), stages=(1,))
+    space = kernel_spaces.configs({"BLOCK": (16,)}, warps=(4,), stages=(1,))
     launch.Tunable("k", Kernel(), space, key=("BC",))
     with pytest.raises(ValueError, match="ROWS_BUCKET"):
         launch.Tunable("k", Kernel(), space, key=("ROWS_BUCKET",))

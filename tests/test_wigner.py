@@ -8,7 +8,7 @@ import numpy as np
 import pyssht
 import pytest
 
-from sphc.wigner import half_pi_d, wigner_D, wigner_d
+from sphc.runtime.wigner import half_pi_d, wigner_D, wigner_d
 
 rng = np.random.default_rng()
 

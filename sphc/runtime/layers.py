@@ -23,9 +23,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import layout, ops, triton_tp
-from .errors import Span, SphcError, SphcInternalError
-from .transforms import S2Tables, SO3Tables, s2_forward_2d, s2_inverse_2d, so3_forward, so3_inverse
+from sphc import layout
+from sphc.errors import Span, SphcError, SphcInternalError
+from sphc.runtime import ops, tp_kernels
+from sphc.runtime.transforms import (
+    S2Tables,
+    SO3Tables,
+    s2_forward_2d,
+    s2_inverse_2d,
+    so3_forward,
+    so3_inverse,
+)
 
 Where = tuple[str, int, int] | None
 
@@ -292,8 +300,8 @@ class TensorProduct(nn.Module):
         self._tab: tuple[str, ...] = ()
         if project is not None:
             shape = layout.tp_shape(L_in, T_in, project[0], project[1], paths)
-            tables = triton_tp.build_tables(shape, width, paths, cg)
-            self._tab = self._buffers_from("tab_", {k: tables[k].numpy() for k in triton_tp.TABLE_NAMES})
+            tables = tp_kernels.build_tables(shape, width, paths, cg)
+            self._tab = self._buffers_from("tab_", {k: tables[k].numpy() for k in tp_kernels.TABLE_NAMES})
 
     def _buffers_from(self, prefix: str, arrays: dict[str, np.ndarray]) -> tuple[str, ...]:
         """Register index tables as non-persistent buffers (they move with .to(); float ones follow .double())."""

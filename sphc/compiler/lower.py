@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from . import ir
-from .errors import Span, SphcError
-from .syntax import Arg, LayerNode, ModelAST
+from sphc.compiler import ir
+from sphc.compiler.syntax import Arg, LayerNode, ModelAST
+from sphc.errors import Span, SphcError
 
 
 @dataclass(frozen=True)

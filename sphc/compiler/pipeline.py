@@ -13,8 +13,9 @@ import sys
 import types
 from pathlib import Path
 
-from . import analysis, codegen, ir, lower, plan, syntax
-from .errors import SphcError
+from sphc.compiler import analysis, codegen, ir, lower, plan, syntax
+from sphc.compiler import tuning as tuning_files
+from sphc.errors import SphcError
 
 STAGES = ("ast", "ir", "analysis", "plan", "python")
 
@@ -32,7 +33,7 @@ def check_source(text: str, file: str = "<string>") -> analysis.Analysis:
 def compile_source(text: str, file: str = "<string>", emit: str = "python", tuning=None) -> str:
     """Compile ``.sph`` source text to the generated module's Python source (or an earlier stage).
 
-    ``tuning`` (a ``tune.Tuning`` from ``tune.read_tuning``) bakes its kernel configs into the module.
+    ``tuning`` (a ``tuning.Tuning`` from ``tuning.read_tuning``) bakes its kernel configs into the module.
     """
     if emit not in STAGES:
         raise ValueError(f"emit must be one of {STAGES}, got {emit!r}")
@@ -43,14 +44,19 @@ def compile_source(text: str, file: str = "<string>", emit: str = "python", tuni
         return ir.dump(result.model)
     if emit == "analysis":
         return analysis.explain_table(result) + "\n"
-    module_plan = plan.plan(result, text, file)  # every number the template needs
+    module_plan = plan_source(text, file, result)  # every number the template needs
     if tuning is not None:
-        from . import tune
-
-        module_plan = tune.bake(module_plan, tuning)  # validated configs of each kernel's space
+        module_plan = tuning_files.bake(module_plan, tuning)  # validated configs of each kernel's space
     if emit == "plan":
         return repr(module_plan) + "\n"
     return codegen.render(module_plan)  # plan → Python via templates/
+
+
+def plan_source(
+    text: str, file: str = "<string>", checked: analysis.Analysis | None = None
+) -> plan.ModulePlan:
+    """The ``ModulePlan`` of ``.sph`` text (``checked``: its analysis, when the caller has it already)."""
+    return plan.plan(checked or check_source(text, file), text, file)
 
 
 def _read(path_or_text: str | Path) -> tuple[str, str]:
@@ -72,7 +78,11 @@ def _read(path_or_text: str | Path) -> tuple[str, str]:
 
 def load(path_or_text: str | Path, module_name: str | None = None) -> types.ModuleType:
     """Compile a model (a ``.sph`` path or source text) and import the result in memory."""
-    text, file = _read(path_or_text)
+    return load_source(*_read(path_or_text), module_name)
+
+
+def load_source(text: str, file: str = "<string>", module_name: str | None = None) -> types.ModuleType:
+    """Compile ``.sph`` text and import the generated module in memory, as ``module_name`` if given."""
     source = compile_source(text, file)
     name = module_name or "sphc_model_" + hashlib.sha256(source.encode()).hexdigest()[:12]
     return import_source(source, name, f"<sphc:{file}>")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from .ir import Mixing
+from sphc.compiler.ir import Mixing
 
 
 def _allowed(l1: int, l2: int, l: int) -> bool:

@@ -16,10 +16,10 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from .analysis import SignalType
-from .ir import Domain
-from .transforms import s2_forward_2d, s2_inverse_2d
-from .wigner import wigner_D
+from sphc.compiler.analysis import SignalType
+from sphc.compiler.ir import Domain
+from sphc.runtime.transforms import s2_forward_2d, s2_inverse_2d
+from sphc.runtime.wigner import wigner_D
 
 Rotation = tuple[float, float, float]
 

@@ -32,7 +32,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from . import config
+from sphc import config
+from sphc.kernel_spaces import Config
 
 _POISON = False
 _FORCED: dict[str, Config] = {}
@@ -64,48 +65,6 @@ def empty(shape: Sequence[int], like: torch.Tensor, dtype: torch.dtype | None = 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (read at kernel definition time)."""
     return config.triton_interpreting()
-
-
-@dataclass(frozen=True)
-class Config:
-    """One point of a kernel's config space: constexpr meta-parameters plus launch options."""
-
-    meta: tuple[tuple[str, int], ...]
-    num_warps: int = 4
-    num_stages: int = 2
-
-    @property
-    def kwargs(self) -> dict[str, int]:
-        return dict(self.meta)
-
-    def describe(self) -> str:
-        return (
-            " ".join(f"{k}={v}" for k, v in self.meta) + f" warps={self.num_warps} stages={self.num_stages}"
-        )
-
-    def to_triton(self):
-        import triton
-
-        return triton.Config(self.kwargs, num_warps=self.num_warps, num_stages=self.num_stages)
-
-    @staticmethod
-    def from_json(d: dict) -> Config:
-        return Config(
-            tuple(sorted((k, int(v)) for k, v in d["meta"].items())), d["num_warps"], d["num_stages"]
-        )
-
-    def to_json(self) -> dict:
-        return {"meta": self.kwargs, "num_warps": self.num_warps, "num_stages": self.num_stages}
-
-
-def configs(
-    space: dict[str, Sequence[int]], warps: Sequence[int], stages: Sequence[int]
-) -> tuple[Config, ...]:
-    """The Cartesian product of a meta-parameter space with warps and stages, first entries first."""
-    out: list[Config] = [Config(())]
-    for name, values in space.items():
-        out = [Config(c.meta + ((name, v),)) for c in out for v in values]
-    return tuple(Config(c.meta, w, s) for c in out for w in warps for s in stages)
 
 
 @dataclass

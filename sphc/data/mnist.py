@@ -19,7 +19,7 @@ Why it is built this way:
 * **Rotations.** sphc rotates every digit independently by a Haar-random rotation. Rotating a signal
   by R means (R f)(omega) = f(R^-1 omega) (PAPER.md §2.2), so the rotated digit is the unrotated
   projection sampled at R^T omega. Matrices are R = Rz(alpha) Ry(beta) Rz(gamma) (ZYZ, as
-  ``pyssht.make_rotation_matrix`` and ``sphc.testing.random_rotation``).
+  ``pyssht.make_rotation_matrix`` and ``sphc.apps.equivariance.random_rotation``).
 * **Cost.** Projection is torch ``grid_sample`` over chunks of images, each with its own point grid;
   the finished data set is stored in sphc's disk cache keyed by every parameter and a fingerprint
   of the source, so a 60k training set is built once per machine.
@@ -41,7 +41,7 @@ import torch
 
 from sphc.cache import load_or_compute
 from sphc.errors import SphcError
-from sphc.transforms import mw_thetas
+from sphc.runtime.transforms import mw_thetas
 
 #: Bump when anything that changes the projected values or their layout changes; old entries are missed.
 DATA_FORMAT_VERSION = 1

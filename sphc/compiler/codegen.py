@@ -11,9 +11,9 @@ from functools import cache
 
 import jinja2
 
-from .errors import SphcInternalError
-from .plan import ModulePlan
-from .resources import data_dir
+from sphc.compiler.plan import ModulePlan
+from sphc.compiler.resources import data_dir
+from sphc.errors import SphcInternalError
 
 
 @cache

@@ -12,10 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import singledispatch
 
-from . import ir
-from .errors import SphcError
-from .layout import Cols, cg_pattern_size, pair_columns, prefix_cols, so3_cols
-from .mixing import mixing_set
+from sphc.compiler import ir
+from sphc.compiler.mixing import mixing_set
+from sphc.errors import SphcError
+from sphc.layout import Cols, cg_pattern_size, pair_columns, prefix_cols, so3_cols
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from . import launch, layout
-from .errors import SphcError
-
-#: The config space of both kernels: examples per program, warps, pipeline stages.
-CONFIGS = launch.configs({"BLOCK": (32, 16, 64, 128)}, warps=(4, 2, 8), stages=(1,))
+from sphc import layout
+from sphc.errors import SphcError
+from sphc.kernel_spaces import Config
+from sphc.runtime import launch
 
 
 def build_tables(shape: layout.TPShape, width: int, paths, cg: np.ndarray) -> dict[str, torch.Tensor]:
@@ -143,7 +142,7 @@ class TPKernels:
         x: torch.Tensor,
         u: torch.Tensor,
         tables: dict[str, torch.Tensor],
-        config: launch.Config | None = None,
+        config: Config | None = None,
         io: torch.dtype | None = None,
     ) -> torch.Tensor:
         """``io`` (bf16 / fp16): x is stored and read in that dtype, products accumulate in fp32."""
@@ -163,7 +162,7 @@ class TPKernels:
         x: torch.Tensor,
         u: torch.Tensor,
         tables: dict[str, torch.Tensor],
-        config: launch.Config | None = None,
+        config: Config | None = None,
         io: torch.dtype | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         B, C = x.shape[:2]

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from enum import Enum
 
-from .errors import Span
+from sphc.errors import Span
 
 
 class Domain(Enum):

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sphc.wigner import half_pi_d, wigner_d
+from sphc.runtime.wigner import half_pi_d, wigner_d
 
 _REAL_OF = {
     torch.float32: torch.float32,

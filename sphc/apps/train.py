@@ -25,7 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 from tqdm import tqdm
 
-from .errors import SphcError
+from sphc.errors import SphcError
 
 SPLITS = ("nr", "r")
 
@@ -89,7 +89,7 @@ class PlanarCNN(nn.Module):
 
 def build_model(config: TrainConfig) -> nn.Module:
     """The compiled sphc model, or the planar baseline at the model's input shape."""
-    from .pipeline import load
+    from sphc.compiler.pipeline import load
 
     model = load(config.model).Model()
     if config.baseline == "planar":
@@ -98,7 +98,7 @@ def build_model(config: TrainConfig) -> nn.Module:
 
 
 def _data(config: TrainConfig, input_shape: tuple[int, int, int]):
-    from .data import spherical_mnist
+    from sphc.data.mnist import spherical_mnist
 
     C, L, _ = input_shape
     if C != 1:
@@ -215,7 +215,7 @@ def train(config: TrainConfig, progress: bool = True) -> dict:
         "config": config.identity(),
     }
     if config.baseline is None:  # the promise: rotating the input sphere leaves the prediction unchanged
-        from .testing import model_invariance_error
+        from sphc.apps.equivariance import model_invariance_error
 
         probe = copy.deepcopy(model).cpu().double().eval()
         metrics["equivariance_error"] = model_invariance_error(probe, batch=4, rotations=4)

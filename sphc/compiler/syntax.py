@@ -12,8 +12,8 @@ from functools import cache
 
 import lark
 
-from .errors import Span, SphcError
-from .resources import grammar_text
+from sphc.compiler.resources import grammar_text
+from sphc.errors import Span, SphcError
 
 
 @dataclass(frozen=True, slots=True)

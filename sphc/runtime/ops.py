@@ -23,9 +23,9 @@ import warnings
 
 import torch
 
-from . import launch
-from .config import backend_default
-from .errors import SphcError
+from sphc.config import backend_default
+from sphc.errors import SphcError
+from sphc.runtime import launch
 
 BACKENDS = ("auto", "torch", "triton")
 _KERNELS: dict[str, object] = {}
@@ -150,7 +150,7 @@ def _tp_project_reference_backward(g, x, u, ref, L_tp):
 
 
 def _tables(tab: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    from .triton_tp import TABLE_NAMES
+    from sphc.runtime.tp_kernels import TABLE_NAMES
 
     return dict(zip(TABLE_NAMES, tab))
 

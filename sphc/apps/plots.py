@@ -25,7 +25,7 @@ def _orthographic(ax, values: np.ndarray, L: int) -> None:
     """The hemisphere around the digit's centre of mass, seen from outside (not mirrored)."""
     from matplotlib.patches import Circle
 
-    from .data import mw_grid_points
+    from sphc.data.mnist import mw_grid_points
 
     pts = mw_grid_points(L)[:-1].reshape(-1, 3)  # drop the repeated south-pole ring ...
     w = values[:-1].reshape(-1)
@@ -47,7 +47,7 @@ def _orthographic(ax, values: np.ndarray, L: int) -> None:
 def plot_digits(path: Path, L: int, count: int = 4, seed: int = 0, source=None) -> Path:
     """A few test digits on the sphere: non-rotated (top) and rotated (bottom), each seen from
     outside the sphere above the digit (orthographic projection of that hemisphere)."""
-    from .data import spherical_mnist
+    from sphc.data.mnist import spherical_mnist
 
     plt = _pyplot()
     fig, axes = plt.subplots(2, count, figsize=(2.6 * count, 5.4))
@@ -110,7 +110,7 @@ def plot_accuracy(path: Path, runs: list[dict]) -> Path:
 
 def plot_runs(run_dirs: list[Path], out: Path, L: int | None = None) -> list[Path]:
     """All three pictures for one or more run directories (each holding a metrics.json)."""
-    from .errors import SphcError
+    from sphc.errors import SphcError
 
     runs = []
     for d in run_dirs:
@@ -120,7 +120,7 @@ def plot_runs(run_dirs: list[Path], out: Path, L: int | None = None) -> list[Pat
         runs.append(json.loads(f.read_text()))
     out.mkdir(parents=True, exist_ok=True)
     if L is None:
-        from .pipeline import check_source
+        from sphc.compiler.pipeline import check_source
 
         L = check_source(Path(runs[0]["model"]).read_text(), runs[0]["model"]).model.input.L
     cfg = runs[0]["config"]

@@ -12,10 +12,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from . import __version__, config
-from .analysis import explain_table
-from .errors import SphcError
-from .pipeline import STAGES, check_source, compile_source
+from sphc import __version__, config
+from sphc.compiler.analysis import explain_table
+from sphc.compiler.pipeline import STAGES, check_source, compile_source, load_source
+from sphc.compiler.tuning import read_tuning, source_mismatch
+from sphc.errors import SphcError
 
 _EXAMPLES = {
     "compile": 'sphc compile examples/efficient.sph -o model.py\n  python -c "import model"',
@@ -87,7 +88,7 @@ def _tune_parser(sub) -> None:
 
 
 def _tune(args: argparse.Namespace, text: str, file: str) -> int:
-    from . import tune
+    from sphc.apps import tune
 
     batch = args.batch if args.batch is not None else (1 if args.dry_run else 32)
     if batch < 1:
@@ -96,7 +97,7 @@ def _tune(args: argparse.Namespace, text: str, file: str) -> int:
         return 0 if tune.dry_run(text, file, batch=batch, progress=not args.quiet) else 1
     check_source(text, file)  # a located diagnostic first
     tune.require_gpu()
-    module = tune.load_module(text, file)
+    module = load_source(text, file)
     result = tune.tune_module(module, text, batch, args.dtype, progress=not args.quiet)
     target = args.output or args.model.with_suffix(".tuning.json")
     tune.write_tuning(result, target)
@@ -127,7 +128,7 @@ def _train_parser(sub) -> None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, summary, train
+    from sphc.apps.train import TrainConfig, summary, train
 
     config = TrainConfig(
         model=str(args.model), out=args.out, data=args.data, train=args.train,
@@ -142,7 +143,7 @@ def _train(args: argparse.Namespace) -> int:
     print(summary(metrics))
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     if args.plots:
-        from .plots import plot_runs
+        from sphc.apps.plots import plot_runs
 
         for png in plot_runs([Path(args.out)], Path(args.out)):
             print(f"wrote {png}")
@@ -153,7 +154,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _train(args)
     if args.command == "plot":
-        from .plots import plot_runs
+        from sphc.apps.plots import plot_runs
 
         for png in plot_runs(args.runs, args.output):
             print(f"wrote {png}")
@@ -178,8 +179,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         tuning = None
         if args.tuning is not None:
-            from .tune import read_tuning, source_mismatch
-
             tuning = read_tuning(args.tuning)
             mismatch = source_mismatch(tuning, text)
             if mismatch:

@@ -17,10 +17,11 @@ from functools import singledispatch
 
 import numpy as np
 
-from . import __version__, cache, cg, ir, layout
-from .analysis import Analysis, LayerInfo, Path
-from .errors import SphcError, SphcInternalError
-from .layout import cg_pattern
+from sphc import __version__, cache, cg, layout
+from sphc.compiler import ir
+from sphc.compiler.analysis import Analysis, LayerInfo, Path
+from sphc.errors import SphcError, SphcInternalError
+from sphc.layout import cg_pattern
 
 #: Bump when the layout of embedded CG tables changes (part of their disk-cache key).
 TABLE_FORMAT = 1
@@ -56,7 +57,7 @@ class LinearKernelPlan:
     T: int  # input columns per channel
     K: int  # output channels
     V: int  # output columns per channel
-    baked: tuple[tuple[str, str], ...] = ()  # kernel name → launch.Config literal (sphc compile --tuning)
+    baked: tuple[tuple[str, str], ...] = ()  # kernel name → rt.Config literal (sphc compile --tuning)
 
     def tunable_kwargs(self, name: str) -> str:
         return _tunable_kwargs(self.baked, name)
@@ -105,7 +106,7 @@ class TPKernelPlan:
     T2P: int
     n_paths: int
     unrolled: tuple[UnrolledDegree, ...] = ()  # empty: the table-driven kernel
-    baked: tuple[tuple[str, str], ...] = ()  # kernel name → launch.Config literal (sphc compile --tuning)
+    baked: tuple[tuple[str, str], ...] = ()  # kernel name → rt.Config literal (sphc compile --tuning)
 
     def tunable_kwargs(self, name: str) -> str:
         return _tunable_kwargs(self.baked, name)

@@ -9,7 +9,7 @@ with x (B, C, L, 2L−1, T) complex (any strides: it may be a view of a larger s
 grad_x = g w^H and grad_w = x^H g. Each direction is one launch for all degrees; the kernels work on
 ``torch.view_as_real`` planes with fp32/fp64 accumulation and IEEE products (no TF32), and the
 weight gradient sums fixed split partials instead of using atomics, so it is deterministic.
-:func:`sphc.ops.degree_linear_reference` is the plain torch version, used on CPU and as the tests' oracle.
+:func:`sphc.runtime.ops.degree_linear_reference` is the plain torch version, used on CPU and as the tests' oracle.
 """
 
 from __future__ import annotations
@@ -18,64 +18,11 @@ from dataclasses import dataclass
 
 import torch
 
-from . import launch
-from .errors import SphcError
+from sphc.errors import SphcError
+from sphc.kernel_spaces import Config
+from sphc.runtime import launch
 
 _DTYPES = (torch.complex64, torch.complex128)
-
-#: (BLOCK_M rows, BLOCK_N output columns, BLOCK_K reduction, warps, stages), default first. Block
-#: sizes are clamped to the problem (never below 16, the smallest tl.dot operand every target takes).
-_ROWGEMM = (
-    (64, 64, 32, 4, 2),
-    (32, 64, 32, 4, 2),
-    (64, 32, 32, 4, 2),
-    (32, 32, 32, 4, 2),
-    (64, 64, 16, 4, 3),
-    (128, 64, 32, 8, 2),
-    (128, 32, 32, 4, 3),
-    (64, 128, 32, 8, 2),
-    (64, 64, 64, 8, 3),
-    (16, 64, 64, 4, 2),
-)
-
-#: (BLOCK_J weight rows, BLOCK_N weight columns, BLOCK_R reduction over signal rows, warps, stages).
-_WGRAD = (
-    (32, 32, 64, 4, 2),
-    (64, 64, 32, 4, 2),
-    (32, 32, 32, 4, 3),
-    (64, 32, 64, 4, 2),
-    (32, 64, 64, 4, 2),
-    (16, 32, 128, 4, 2),
-    (64, 64, 64, 8, 3),
-    (16, 16, 128, 4, 2),
-)
-
-
-def _block(n: int, cap: int) -> int:
-    """The smallest power of two >= n, clamped to [16, cap]: no block wider than the problem needs."""
-    return max(16, min(cap, 1 << max(0, n - 1).bit_length()))
-
-
-def rowgemm_space(J: int, N: int) -> tuple[launch.Config, ...]:
-    """Configs of the forward / input-gradient kernel: reduction size ``J``, output width ``N``."""
-    out: list[launch.Config] = []
-    for bm, bn, bk, warps, stages in _ROWGEMM:
-        meta = (("BLOCK_M", bm), ("BLOCK_N", _block(N, bn)), ("BLOCK_K", _block(J, bk)))
-        cfg = launch.Config(tuple(sorted(meta)), warps, stages)  # sorted like Config.from_json
-        if cfg not in out:
-            out.append(cfg)
-    return tuple(out)
-
-
-def wgrad_space(J: int, N: int) -> tuple[launch.Config, ...]:
-    """Configs of the weight-gradient kernel, whose output tile is (``J`` = C·T) × (``N`` = K·V)."""
-    out: list[launch.Config] = []
-    for bj, bn, br, warps, stages in _WGRAD:
-        meta = (("BLOCK_J", _block(J, bj)), ("BLOCK_N", _block(N, bn)), ("BLOCK_R", br))
-        cfg = launch.Config(tuple(sorted(meta)), warps, stages)  # sorted like Config.from_json
-        if cfg not in out:
-            out.append(cfg)
-    return tuple(out)
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -166,9 +113,7 @@ class LinearKernels:
         kernel.run(grid, ar, wr, yr, B, *ar.stride()[:5], _bucket(rows), config=config)
         return y
 
-    def forward(
-        self, x: torch.Tensor, w: torch.Tensor, *, config: launch.Config | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, w: torch.Tensor, *, config: Config | None = None) -> torch.Tensor:
         """``y`` (B, K, L, 2L−1, V), contiguous, zero where |m| > l; ``x`` may be any strided view."""
         self._check_common({"x": x, "w": w})
         B = self._check_signal(x, "x", self.C, self.T)
@@ -186,8 +131,8 @@ class LinearKernels:
         x: torch.Tensor,
         w: torch.Tensor,
         *,
-        dgrad_config: launch.Config | None = None,
-        wgrad_config: launch.Config | None = None,
+        dgrad_config: Config | None = None,
+        wgrad_config: Config | None = None,
         split: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(grad_x, grad_w)`` for upstream gradient ``g`` of ``y = forward(x, w)``.
