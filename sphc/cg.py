@@ -17,6 +17,7 @@ is computed; m < 0 follows from C^{l,-m}_{l1,-m1,l2,-m2} = (-1)^{l1+l2-l} C^{lm}
 
 from __future__ import annotations
 
+import hashlib
 import math
 import operator
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from sphc.cache import load_or_compute
 if TYPE_CHECKING:
     import sympy
 
-#: Part of the disk-cache key of ``cg_values``; bump whenever the values it returns could change.
+#: Part of the disk-cache key of ``pattern_values``; bump whenever the values it returns could change.
 CG_ENGINE_VERSION = 1
 
 
@@ -153,12 +154,6 @@ def cg_block(l1: int, l2: int, l: int) -> CGBlock:
     return _cg_block(operator.index(l1), operator.index(l2), operator.index(l))
 
 
-def cg_pattern(l1: int, l2: int, l: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(m1, m2, m)`` of ``cg_block``: the sparsity pattern, accidental zeros excluded, canonical order."""
-    block = cg_block(l1, l2, l)
-    return block.m1, block.m2, block.m
-
-
 def cg_exact(l1: int, m1: int, l2: int, m2: int, l: int, m: int) -> sympy.Expr:
     """The engine's exact C^{lm}_{l1 m1, l2 m2} as ``sign * sqrt(Rational)``, for checks against sympy."""
     import sympy  # only exact checks need it: a top-level import costs ~0.2 s per compile / model import
@@ -176,12 +171,39 @@ def cg_exact(l1: int, m1: int, l2: int, m2: int, l: int, m: int) -> sympy.Expr:
     return phase * sympy.sign(s) * sympy.sqrt(sympy.Rational(abs(s), row.den))
 
 
-def cg_values(paths: Sequence[tuple[int, int, int]]) -> np.ndarray:
-    """float64 concatenation of ``cg_block(*p).values`` over ``paths``, via the persistent disk cache."""
+def pattern_values(paths: Sequence[tuple[int, int, int]]) -> np.ndarray:
+    """float64 CG values of each path on ``layout.cg_pattern`` order (exact zeros kept), concatenated.
+
+    This is the table a tensor product's kernels index (every (m, m1) of the pattern has a slot, so
+    offsets are a pure function of the degrees: ``layout.cg_offsets``). Kept in the persistent disk
+    cache, keyed by the path list, so a compiled model rebuilds it at construction instead of
+    embedding megabytes of numbers.
+    """
     key_paths = tuple(tuple(operator.index(x) for x in p) for p in paths)
 
     def compute() -> dict[str, np.ndarray]:
-        parts = [cg_block(*p).values for p in key_paths]
+        parts = [_pattern_block(*p) for p in key_paths]
         return {"values": np.concatenate(parts) if parts else np.zeros(0, dtype=np.float64)}
 
-    return load_or_compute("cg", ("cg_values", CG_ENGINE_VERSION, key_paths), compute)["values"]
+    return load_or_compute("cg", ("pattern_values", CG_ENGINE_VERSION, key_paths), compute)["values"]
+
+
+def table_sha256(values: np.ndarray) -> str:
+    """The fingerprint of a CG table that a compiled model records and checks when it rebuilds it."""
+    return hashlib.sha256(np.ascontiguousarray(values, dtype="<f8").tobytes()).hexdigest()
+
+
+def _pattern_block(l1: int, l2: int, l: int) -> np.ndarray:
+    """One path's block: the nonzero values of ``cg_block`` scattered into the full (m, m1) pattern.
+
+    Both orders are m ascending, then m1 ascending; row m of the pattern starts at m1 = max(-l1, m - l2).
+    """
+    block = cg_block(l1, l2, l)
+    ms = np.arange(-l, l + 1)
+    lo = np.maximum(-l1, ms - l2)
+    counts = np.maximum(0, np.minimum(l1, ms + l2) - lo + 1)
+    start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    row = block.m + l
+    out = np.zeros(int(counts.sum()), dtype=np.float64)
+    out[start[row] + block.m1 - lo[row]] = block.values
+    return out

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sphc.layout import next_pow2
+
 
 @dataclass(frozen=True)
 class Config:
@@ -53,60 +55,52 @@ def configs(
     return tuple(Config(c.meta, w, s) for c in out for w in warps for s in stages)
 
 
-#: (BLOCK_M rows, BLOCK_N output columns, BLOCK_K reduction, warps, stages), default first. Block
-#: sizes are clamped to the problem (never below 16, the smallest tl.dot operand every target takes).
-_ROWGEMM = (
-    (64, 64, 32, 4, 2),
-    (32, 64, 32, 4, 2),
-    (64, 32, 32, 4, 2),
-    (32, 32, 32, 4, 2),
-    (64, 64, 16, 4, 3),
-    (128, 64, 32, 8, 2),
-    (128, 32, 32, 4, 3),
-    (64, 128, 32, 8, 2),
-    (64, 64, 64, 8, 3),
-    (16, 64, 64, 4, 2),
+def _space(names: tuple[str, ...], rows: tuple[tuple[int, ...], ...]) -> tuple[Config, ...]:
+    """Configs from rows of (block sizes in ``names`` order..., warps, stages); meta sorted by name."""
+    return tuple(Config(tuple(sorted(zip(names, r[:-2]))), r[-2], r[-1]) for r in rows)
+
+
+#: The per-degree linear kernel (``degree_gemm``, forward and input gradient): (BLOCK_M rows,
+#: BLOCK_N output columns, BLOCK_K reduction, warps, stages), default first.
+ROWGEMM_SPACE = _space(
+    ("BLOCK_M", "BLOCK_N", "BLOCK_K"),
+    (
+        (64, 64, 32, 4, 2),
+        (32, 64, 32, 4, 2),
+        (64, 32, 32, 4, 2),
+        (32, 32, 32, 4, 2),
+        (64, 64, 16, 4, 3),
+        (128, 64, 32, 8, 2),
+        (128, 32, 32, 4, 3),
+        (64, 128, 32, 8, 2),
+        (64, 64, 64, 8, 3),
+        (16, 64, 64, 4, 2),
+    ),
 )
 
-#: (BLOCK_J weight rows, BLOCK_N weight columns, BLOCK_R reduction over signal rows, warps, stages).
-_WGRAD = (
-    (32, 32, 64, 4, 2),
-    (64, 64, 32, 4, 2),
-    (32, 32, 32, 4, 3),
-    (64, 32, 64, 4, 2),
-    (32, 64, 64, 4, 2),
-    (16, 32, 128, 4, 2),
-    (64, 64, 64, 8, 3),
-    (16, 16, 128, 4, 2),
+#: Its weight gradient (``degree_wgrad``): (BLOCK_J weight rows, BLOCK_N weight columns, BLOCK_R
+#: reduction over signal rows, warps, stages).
+WGRAD_SPACE = _space(
+    ("BLOCK_J", "BLOCK_N", "BLOCK_R"),
+    (
+        (32, 32, 64, 4, 2),
+        (64, 64, 32, 4, 2),
+        (32, 32, 32, 4, 3),
+        (64, 32, 64, 4, 2),
+        (32, 64, 64, 4, 2),
+        (16, 32, 128, 4, 2),
+        (64, 64, 64, 8, 3),
+        (16, 16, 128, 4, 2),
+    ),
 )
 
-
-def _block(n: int, cap: int) -> int:
-    """The smallest power of two >= n, clamped to [16, cap]: no block wider than the problem needs."""
-    return max(16, min(cap, 1 << max(0, n - 1).bit_length()))
-
-
-def rowgemm_space(J: int, N: int) -> tuple[Config, ...]:
-    """Configs of the forward / input-gradient kernel: reduction size ``J``, output width ``N``."""
-    out: list[Config] = []
-    for bm, bn, bk, warps, stages in _ROWGEMM:
-        meta = (("BLOCK_M", bm), ("BLOCK_N", _block(N, bn)), ("BLOCK_K", _block(J, bk)))
-        cfg = Config(tuple(sorted(meta)), warps, stages)  # sorted like Config.from_json
-        if cfg not in out:
-            out.append(cfg)
-    return tuple(out)
-
-
-def wgrad_space(J: int, N: int) -> tuple[Config, ...]:
-    """Configs of the weight-gradient kernel, whose output tile is (``J`` = C·T) × (``N`` = K·V)."""
-    out: list[Config] = []
-    for bj, bn, br, warps, stages in _WGRAD:
-        meta = (("BLOCK_J", _block(J, bj)), ("BLOCK_N", _block(N, bn)), ("BLOCK_R", br))
-        cfg = Config(tuple(sorted(meta)), warps, stages)  # sorted like Config.from_json
-        if cfg not in out:
-            out.append(cfg)
-    return tuple(out)
-
-
-#: The space of both fused tensor-product kernels: examples per program, warps, pipeline stages.
+#: Both fused tensor-product kernels: examples per program, warps, pipeline stages.
 TP_SPACE = configs({"BLOCK": (32, 16, 64, 128)}, warps=(4, 2, 8), stages=(1,))
+
+
+def fit(config: Config, extents: dict[str, int]) -> Config:
+    """``config`` with each block named in ``extents`` shrunk to the smallest power of two covering
+    its extent, but never below 16 (the smallest ``tl.dot`` operand every target takes): no block
+    wider than the problem. The spaces stay fixed (tuning files name their configs); a launch fits."""
+    meta = tuple((k, max(16, min(v, next_pow2(extents[k]))) if k in extents else v) for k, v in config.meta)
+    return Config(meta, config.num_warps, config.num_stages)

@@ -12,25 +12,30 @@ so the two can never disagree about the order.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import numpy as np
 
-Cols = tuple[tuple[int, ...], ...]
+Cols = tuple[Sequence[int], ...]  # per degree, the columns it uses (ranges, except after merging channels)
+
+
+def s2_cols(L: int) -> Cols:
+    """S² signals: one column per degree."""
+    return tuple(range(1) for _ in range(L))
 
 
 def so3_cols(L: int, N: int) -> Cols:
     """SO(3) signals keep column ``N-1+n`` for ``|n| <= min(l, N-1)`` (s2fft's flmn layout)."""
-    return tuple(tuple(range(N - 1 - min(l, N - 1), N + min(l, N - 1))) for l in range(L))
+    return tuple(range(N - 1 - min(l, N - 1), N + min(l, N - 1)) for l in range(L))
 
 
-def prefix_cols(taus: tuple[int, ...]) -> Cols:
-    """Generalized signals keep columns ``0 .. tau_l - 1``."""
-    return tuple(tuple(range(t)) for t in taus)
+def prefix_cols(taus: Sequence[int]) -> Cols:
+    """Generalized signals keep columns ``0 .. tau_l - 1`` (S² signals: one column, ``taus`` all 1)."""
+    return tuple(range(t) for t in taus)
 
 
 def pair_columns(
-    l1: int, cols1: tuple[int, ...], l2: int, cols2: tuple[int, ...], l: int
+    l1: int, cols1: Sequence[int], l2: int, cols2: Sequence[int], l: int
 ) -> list[tuple[int, int]]:
     """Column pairs (i, j) whose CG product at output degree ``l`` is needed.
 
@@ -42,6 +47,51 @@ def pair_columns(
         return [(i, j) for i in cols1 for j in cols2]
     strict = l % 2 == 1
     return [(i, j) for a, i in enumerate(cols1) for j in cols1[a + (1 if strict else 0) :]]
+
+
+def pair_count(l1: int, n1: int, l2: int, n2: int, l: int) -> int:
+    """``len(pair_columns(...))`` for ``n1``, ``n2`` columns, without building the list."""
+    if l1 != l2:
+        return n1 * n2
+    return n1 * (n1 - 1) // 2 if l % 2 else n1 * (n1 + 1) // 2
+
+
+def width(cols: Cols) -> int:
+    """The padded column count T of a signal of type ``cols`` (one more than its largest column)."""
+    return 1 + max((max(c) for c in cols if c), default=0)
+
+
+def merged_cols(cols: Cols, C: int) -> Cols:
+    """The type of the single channel that merges ``C`` channels: column ``c * T + t`` (cross products)."""
+    T = width(cols)
+    return tuple(tuple(c * T + j for c in range(C) for j in cl) for cl in cols)
+
+
+Path = tuple[int, int, int, tuple[tuple[int, int], ...]]  # (l1, l2, l, column pairs)
+
+
+def tp_paths(cols: Cols, triples) -> tuple[Path, ...]:
+    """The (l1, l2, l, pairs) of a tensor product over input type ``cols``, in the order of ``triples``."""
+    return tuple((l1, l2, l, tuple(pair_columns(l1, cols[l1], l2, cols[l2], l))) for l1, l2, l in triples)
+
+
+def output_columns(paths) -> list[int]:
+    """The first output column of each path: its pairs take consecutive columns at its degree l,
+    numbered in path order (the one numbering of tensor-product outputs)."""
+    nxt: dict[int, int] = {}
+    first = []
+    for _, _, l, pairs in paths:
+        first.append(nxt.get(l, 0))
+        nxt[l] = first[-1] + len(pairs)
+    return first
+
+
+def output_width(paths) -> int:
+    """T of a tensor product's output: the most columns any degree gets (at least 1)."""
+    per: dict[int, int] = {}
+    for _, _, l, pairs in paths:
+        per[l] = per.get(l, 0) + len(pairs)
+    return max([1, *per.values()])
 
 
 def cg_pattern(l1: int, l2: int, l: int) -> tuple[np.ndarray, np.ndarray]:
@@ -73,21 +123,14 @@ def cg_offsets(paths) -> dict[tuple[int, int, int], int]:
     return offsets
 
 
-def pow2(n: int) -> int:
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n (1 for n <= 1)."""
     return 1 << max(0, int(n) - 1).bit_length()
 
 
-@dataclass(frozen=True)
-class TPShape:
-    """The sizes a fused TP+projection kernel is specialised to (also its plan's constants)."""
-
-    L_in: int
-    T_in: int
-    L_out: int
-    U: int
-    T1P: int
-    T2P: int
-    n_paths: int
+def cdiv(a: int, b: int) -> int:
+    """Ceiling division (launch grids)."""
+    return -(-a // b)
 
 
 def kernel_paths(paths, L_out: int) -> list:
@@ -95,8 +138,8 @@ def kernel_paths(paths, L_out: int) -> list:
     return sorted((p for p in paths if p[2] < L_out), key=lambda p: p[2])
 
 
-def tp_shape(L_in: int, T_in: int, L_out: int, U: int, paths) -> TPShape:
-    kept = kernel_paths(paths, L_out)
-    n1 = max([len({i for i, _ in p[3]}) for p in kept], default=1)
-    n2 = max([len({j for _, j in p[3]}) for p in kept], default=1)
-    return TPShape(L_in, T_in, L_out, U, pow2(n1), pow2(n2), len(kept))
+def kernel_name(attr: str, step: str = "") -> str:
+    """A layer's name in the kernel registry: its attribute, plus ``_<step>`` for a second kernel set
+    of the same layer (GenConv's unfused uniform step: ``step="u"``). The compiler registers kernels
+    under it and the runtime looks them up by it."""
+    return f"{attr}_{step}" if step else attr

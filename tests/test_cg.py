@@ -9,7 +9,8 @@ import pytest
 import sympy
 from sympy.physics.quantum.cg import CG
 
-from sphc.cg import cg_block, cg_exact, cg_pattern, cg_values
+from sphc.cg import cg_block, cg_exact, pattern_values, table_sha256
+from sphc.layout import cg_offsets, cg_pattern, cg_pattern_size
 
 
 @pytest.fixture
@@ -40,8 +41,8 @@ def test_known_zeros_are_exact(index: tuple[int, ...]) -> None:
     assert CG(*index).doit() == 0
     assert cg_exact(*index) == 0
     l1, m1, l2, m2, l, m = index
-    m1s, _, ms = cg_pattern(l1, l2, l)
-    assert not np.any((m1s == m1) & (ms == m)), "an exact zero must not be listed"
+    b = cg_block(l1, l2, l)
+    assert not np.any((b.m1 == m1) & (b.m == m)), "an exact zero must not be listed"
 
 
 def test_exact_matches_sympy(rng: random.Random) -> None:
@@ -132,10 +133,20 @@ def test_canonical_order(rng: random.Random) -> None:
         assert set(np.unique(b.m)) <= set(range(-l, l + 1))
 
 
-def test_pattern_matches_block() -> None:
-    b = cg_block(4, 5, 3)
-    for got, want in zip(cg_pattern(4, 5, 3), (b.m1, b.m2, b.m), strict=True):
-        np.testing.assert_array_equal(got, want)
+def test_pattern_values_place_every_entry_on_the_pattern(rng: random.Random) -> None:
+    """pattern_values puts each nonzero C^{lm}_{l1 m1, l2 m2} at its (m, m1) slot of layout.cg_pattern
+    (m ascending, then m1) and zeros elsewhere; checked entry by entry against the exact engine."""
+    paths = [(4, 5, 3), (2, 2, 2), (0, 3, 3), (3, 1, 4)]
+    values = pattern_values(paths)
+    assert len(values) == sum(cg_pattern_size(*p) for p in paths)
+    offsets = cg_offsets(paths)
+    for p in paths:
+        m, m1 = cg_pattern(*p)
+        assert len(m) == cg_pattern_size(*p) and np.all(np.diff(m * 100 + m1) > 0)
+        got = values[offsets[p] : offsets[p] + len(m)]
+        want = [float(cg_exact(p[0], a, p[1], b - a, p[2], b)) for b, a in zip(m.tolist(), m1.tolist())]
+        np.testing.assert_allclose(got, want, rtol=1e-14, atol=0)
+    assert table_sha256(values) == table_sha256(values.copy()) != table_sha256(values[::-1])
 
 
 def test_blocks_are_memoised_and_read_only() -> None:
@@ -151,19 +162,19 @@ def test_triangle_violations_raise(triple: tuple[int, int, int]) -> None:
         cg_block(*triple)
 
 
-def test_cg_values_concatenates_and_caches(tmp_path, monkeypatch) -> None:
+def test_pattern_values_concatenate_and_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SPHC_CACHE_DIR", str(tmp_path))
     monkeypatch.delenv("SPHC_NO_CACHE", raising=False)
     paths = [(1, 1, 2), (0, 3, 3), (2, 3, 1)]
-    want = np.concatenate([cg_block(*p).values for p in paths])
-    np.testing.assert_array_equal(cg_values(paths), want)
-    assert len(list(tmp_path.rglob("*.npz"))) == 1
-    np.testing.assert_array_equal(cg_values(paths), want)  # now from disk
-    assert cg_values([]).shape == (0,)
+    want = np.concatenate([pattern_values([p]) for p in paths])
+    np.testing.assert_array_equal(pattern_values(paths), want)
+    assert len(list(tmp_path.rglob("*.npz"))) == 4
+    np.testing.assert_array_equal(pattern_values(paths), want)  # now from disk
+    assert pattern_values([]).shape == (0,)
 
 
-def test_cg_values_without_cache(tmp_path, monkeypatch) -> None:
+def test_pattern_values_without_cache(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("SPHC_CACHE_DIR", str(tmp_path))
     monkeypatch.setenv("SPHC_NO_CACHE", "1")
-    np.testing.assert_array_equal(cg_values([(2, 2, 2)]), cg_block(2, 2, 2).values)
+    assert np.count_nonzero(pattern_values([(2, 2, 2)])) == len(cg_block(2, 2, 2).values)
     assert not list(tmp_path.rglob("*.npz"))

@@ -88,7 +88,7 @@ def test_main_model_compiled_matches_eager():
 
 def test_so3_pointwise_compiled_matches_eager():
     """The SO(3) transforms inside Pointwise (oversampled) through AOT autograd: output and input gradient."""
-    layer = sphc.runtime.Pointwise("so3", 4, 2, "relu", oversample=2)
+    layer = sphc.runtime.SO3Pointwise(4, 2, "relu", oversample=2)
     x = torch.randn(2, 3, 4, 7, 3, dtype=torch.complex64)
     x = layer(x)  # a real SO(3) signal's coefficients (n-symmetric), as a model would feed
     outs = []

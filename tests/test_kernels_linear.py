@@ -1,6 +1,6 @@
-"""The generated per-degree linear kernels (templates/triton_linear.py.j2) in Triton's CPU interpreter.
+"""The generated per-degree linear kernels (templates/kernels/linear.py.j2) in Triton's CPU interpreter.
 
-Each case renders one layer's kernels, imports them like a generated module, and compares forward,
+The kernels are rendered and imported once, like a generated module; every case compares forward,
 grad_x and grad_w with autograd through the float64 einsum reference. Inputs are fresh random
 every run; outputs start as NaN (``launch.poison``) so an element a kernel forgets to write fails;
 entries of x with |m| > l are NaN too, so a kernel that reads them fails.
@@ -16,7 +16,8 @@ import torch
 from sphc import kernel_spaces
 from sphc.compiler.codegen import render_template
 from sphc.compiler.pipeline import import_source
-from sphc.compiler.plan import LinearKernelPlan
+from sphc.compiler.plan import LINEAR_SOURCE
+from sphc.compiler.plan import linear_kernels as linear_plan
 from sphc.errors import SphcError
 from sphc.runtime import launch, linear_kernels, ops
 
@@ -34,23 +35,15 @@ def _on_device():
 
 
 @pytest.fixture(scope="module")
-def kernels():
-    """``kernels(B=..., **sizes)`` → the rendered layer's ``LinearKernels``, interpreted on CPU."""
+def lin() -> linear_kernels.LinearKernels:
+    """The family rendered and imported once, like a generated module; sizes come from each call."""
     mp = pytest.MonkeyPatch()
     if DEVICE == "cpu":
         mp.setenv("TRITON_INTERPRET", "1")  # before @triton.jit runs: kernels become interpreted
-    built: dict[tuple[int, ...], linear_kernels.LinearKernels] = {}
-
-    def get(L: int, C: int, T: int, K: int, V: int) -> linear_kernels.LinearKernels:
-        if (L, C, T, K, V) not in built:
-            n = next(_count)
-            plan = LinearKernelPlan(f"l{n}_lin", L, C, T, K, V)
-            src = HEADER + render_template("triton_linear.py.j2", k=plan)
-            module = import_source(src, f"sphc_test_linear_{n}", f"<sphc:test-linear-{n}>")
-            built[(L, C, T, K, V)] = getattr(module, f"L{n}_LIN_LINEAR")
-        return built[(L, C, T, K, V)]
-
-    yield get
+    n = next(_count)
+    specs = "\n".join(line for spec in linear_plan(f"lin{n}").specs for line in spec.lines)
+    src = HEADER + render_template(LINEAR_SOURCE) + f"\n\nLIN = rt.LinearKernels(\n{specs}\n)\n"
+    yield import_source(src, f"sphc_test_linear_{n}", f"<sphc:test-linear-{n}>").LIN
     mp.undo()
 
 
@@ -78,8 +71,9 @@ def _oracle(x: torch.Tensor, w: torch.Tensor, g: torch.Tensor):
 
 def _check(lin, x, w, *, g=None, fwd=None, dgrad=None, wgrad=None, split=None) -> None:
     B, dtype = x.shape[0], x.dtype
+    L, _, _, K, V = w.shape
     if g is None:
-        g = torch.randn(B, lin.K, lin.L, 2 * lin.L - 1, lin.V, dtype=dtype)
+        g = torch.randn(B, K, L, 2 * L - 1, V, dtype=dtype)
     y_ref, gx_ref, gw_ref = _oracle(x, w, g)
     with launch.poison():
         y = lin.forward(x, w, config=fwd)
@@ -88,7 +82,7 @@ def _check(lin, x, w, *, g=None, fwd=None, dgrad=None, wgrad=None, split=None) -
     _close(y, y_ref, dtype, "forward")
     _close(gx, gx_ref, dtype, "grad_x")
     _close(gw, gw_ref, dtype, "grad_w")
-    zero = ~ops.order_mask(lin.L)
+    zero = ~ops.order_mask(L)
     assert (y[:, :, zero] == 0).all() and (gx[:, :, zero] == 0).all(), "|m| > l rows must be exact zeros"
 
 
@@ -98,27 +92,25 @@ def _check(lin, x, w, *, g=None, fwd=None, dgrad=None, wgrad=None, split=None) -
     [(3, 4, 2, 3, 2, 2), (2, 3, 3, 1, 2, 3), (2, 1, 2, 1, 3, 1)],
     ids=["so3", "t1", "l1"],
 )
-def test_matches_reference(kernels, dtype, B, L, C, T, K, V):
-    lin = kernels(L, C, T, K, V)
+def test_matches_reference(lin, dtype, B, L, C, T, K, V):
     _check(lin, _signal(B, C, L, T, dtype), torch.randn(L, C, T, K, V, dtype=dtype))
 
 
 @pytest.mark.parametrize("dtype", [torch.complex128, torch.complex64])
-def test_strided_views(kernels, dtype):
+def test_strided_views(lin, dtype):
     """x a slice of a larger-bandlimit signal, g with a broadcast (stride-0) batch axis: no copies needed."""
     B, L, Lb, C, T, K, V = 3, 3, 5, 2, 3, 2, 2
     big = torch.randn(B, C + 1, Lb, 2 * Lb - 1, T, dtype=dtype)
     x = big[:, 1:, :L, Lb - L : Lb - 1 + L]
     assert not x.is_contiguous()
     g = torch.randn(1, K, L, 2 * L - 1, V, dtype=dtype).expand(B, -1, -1, -1, -1)
-    _check(kernels(L, C, T, K, V), x, torch.randn(L, C, T, K, V, dtype=dtype), g=g)
-    _check(kernels(L, C, T, K, V), x.conj(), torch.randn(L, C, T, K, V, dtype=dtype))  # lazy conj bit
+    _check(lin, x, torch.randn(L, C, T, K, V, dtype=dtype), g=g)
+    _check(lin, x.conj(), torch.randn(L, C, T, K, V, dtype=dtype))  # lazy conj bit
 
 
-def test_small_blocks_and_split(kernels):
+def test_small_blocks_and_split(lin):
     """16-wide tiles: several row / column / reduction blocks per degree, and split weight partials."""
     B, L, C, T, K, V = 3, 4, 5, 4, 3, 6  # C*T = 20, K*V = 18: two blocks of 16 each way
-    lin = kernels(L, C, T, K, V)
     tiny = (("BLOCK_M", 16), ("BLOCK_N", 16), ("BLOCK_K", 16))
     wtiny = kernel_spaces.Config((("BLOCK_J", 16), ("BLOCK_N", 16), ("BLOCK_R", 16)))
     x, w = _signal(B, C, L, T, torch.complex128), torch.randn(L, C, T, K, V, dtype=torch.complex128)
@@ -127,8 +119,7 @@ def test_small_blocks_and_split(kernels):
         _check(lin, x, w, fwd=cfg, dgrad=cfg, wgrad=wtiny, split=split)
 
 
-def test_every_config_runs(kernels):
-    lin = kernels(2, 2, 3, 2, 1)
+def test_every_config_runs(lin):
     x, w = _signal(2, 2, 2, 3, torch.complex64), torch.randn(2, 2, 3, 2, 1, dtype=torch.complex64)
     for tunable in (lin.fwd, lin.dgrad, lin.wgrad):
         assert 1 <= len(tunable.space) <= 12 and len(set(tunable.space)) == len(tunable.space)
@@ -136,8 +127,7 @@ def test_every_config_runs(kernels):
         _check(lin, x, w, fwd=fwd, dgrad=dgrad, wgrad=wgrad)
 
 
-def test_weight_grad_is_deterministic(kernels):
-    lin = kernels(3, 2, 2, 2, 2)
+def test_weight_grad_is_deterministic(lin):
     x, w = _signal(4, 2, 3, 2, torch.complex64), torch.randn(3, 2, 2, 2, 2, dtype=torch.complex64)
     g = torch.randn(4, 2, 3, 5, 2, dtype=torch.complex64)
     first = lin.backward(g, x, w, split=2)[1]
@@ -145,24 +135,24 @@ def test_weight_grad_is_deterministic(kernels):
 
 
 def test_spaces_fit_the_problem():
-    for space in (kernel_spaces.rowgemm_space(6, 4), kernel_spaces.wgrad_space(200, 300)):
-        assert len(space) <= 12
+    for space in (kernel_spaces.ROWGEMM_SPACE, kernel_spaces.WGRAD_SPACE):
+        assert len(space) <= 12 and len(set(space)) == len(space)
         for cfg in space:
             assert all(v >= 16 and v & (v - 1) == 0 for v in cfg.kwargs.values()), cfg.describe()
         assert all(kernel_spaces.Config.from_json(cfg.to_json()) == cfg for cfg in space)  # bakes round-trip
-    first = kernel_spaces.rowgemm_space(6, 4)[0].kwargs
-    assert first["BLOCK_N"] == 16 and first["BLOCK_K"] == 16  # no tile wider than the problem
+    first = kernel_spaces.fit(kernel_spaces.ROWGEMM_SPACE[0], {"BLOCK_N": 4, "BLOCK_K": 6}).kwargs
+    assert first == {"BLOCK_M": 64, "BLOCK_N": 16, "BLOCK_K": 16}  # no tile wider than the problem
+    wide = kernel_spaces.fit(kernel_spaces.ROWGEMM_SPACE[0], {"BLOCK_N": 1000, "BLOCK_K": 33}).kwargs
+    assert wide == {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": 32}  # ... and none wider than the config
 
 
-def test_split_count(kernels):
-    lin = kernels(2, 2, 3, 2, 1)
-    assert lin.split_for(1) == 1
-    assert lin.split_for(10**6) == lin.max_split
-    assert linear_kernels.LinearKernels(**{**vars(lin), "split_budget": 24 * 5}).split_for(10**6) == 5
+def test_split_count(lin):
+    assert lin.split_for(1, 2, 6, 2) == 1
+    assert lin.split_for(10**6, 2, 6, 2) == lin.max_split
+    assert linear_kernels.LinearKernels(**{**vars(lin), "split_budget": 24 * 5}).split_for(10**6, 2, 6, 2) == 5
 
 
-def test_bad_arguments(kernels, monkeypatch):
-    lin = kernels(2, 2, 3, 2, 1)
+def test_bad_arguments(lin, monkeypatch):
     x, w = (
         torch.randn(2, 2, 2, 3, 3, dtype=torch.complex64),
         torch.randn(2, 2, 3, 2, 1, dtype=torch.complex64),
@@ -170,7 +160,8 @@ def test_bad_arguments(kernels, monkeypatch):
     g = torch.randn(2, 2, 2, 3, 1, dtype=torch.complex64)
     cases = [
         (lambda: lin.forward(x[:, :1], w), "x has shape"),
-        (lambda: lin.forward(x, w[:1]), "w has shape"),
+        (lambda: lin.forward(x, w[:1]), r"x has shape \(2, 2, 2, 3, 3\), expected \(B, 2, 1, 1, 3\)"),
+        (lambda: lin.forward(x, w[0]), "w must be a 5-d tensor"),
         (lambda: lin.forward(x.real, w), "expected complex64 or complex128"),
         (lambda: lin.forward(x, w.to(torch.complex128)), "w has dtype torch.complex128 but x"),
         (lambda: lin.forward(x, w.to("meta")), "w is on meta"),
@@ -185,8 +176,7 @@ def test_bad_arguments(kernels, monkeypatch):
         lin.forward(x.cpu(), w.cpu())
 
 
-def test_empty_batch(kernels):
-    lin = kernels(2, 2, 3, 2, 1)
+def test_empty_batch(lin):
     x, w = (
         torch.randn(0, 2, 2, 3, 3, dtype=torch.complex64),
         torch.randn(2, 2, 3, 2, 1, dtype=torch.complex64),

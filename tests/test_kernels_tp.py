@@ -1,4 +1,4 @@
-"""The generated fused tensor-product kernels (templates/triton_tp.py.j2) in Triton's CPU interpreter.
+"""The generated fused tensor-product kernels (templates/kernels/tp.py.j2) in Triton's CPU interpreter.
 
 Each case compiles a small model, takes its TensorProduct → GenConv pair, and compares the op
 ``sphc::tp_project`` on the Triton backend with the torch reference: forward, grad x and grad U,
@@ -51,7 +51,7 @@ def layers():
             with pytest.MonkeyPatch.context() as m:
                 m.setattr(plan, "UNROLL_MAX_ENTRIES", 10**9 if mode == "unrolled" else 0)
                 source = sphc.compile_source(CASES[name])
-            assert ("Unrolled: every" in source) == (mode == "unrolled")
+            assert ("its tensor product unrolled" in source) == (mode == "unrolled")
             name_ = f"sphc_test_tp_{name.replace('-', '_')}_{mode}"
             model = import_source(source, name_, f"<sphc:{name_}>").Model(backend="triton").to(DEVICE)
             mods = list(model.children())

@@ -15,7 +15,7 @@ from functools import singledispatch
 from sphc.compiler import ir
 from sphc.compiler.mixing import mixing_set
 from sphc.errors import SphcError
-from sphc.layout import Cols, cg_pattern_size, pair_columns, prefix_cols, so3_cols
+from sphc.layout import Cols, cg_pattern_size, pair_count, prefix_cols, s2_cols, so3_cols
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class SignalType:
 
 
 def s2_type(L: int, C: int) -> SignalType:
-    return SignalType(ir.Domain.S2, L, C, prefix_cols((1,) * L), 1)
+    return SignalType(ir.Domain.S2, L, C, s2_cols(L), 1)
 
 
 def so3_type(L: int, C: int, N: int) -> SignalType:
@@ -64,12 +64,16 @@ def generalized_type(C: int, taus: tuple[int, ...]) -> SignalType:
 
 @dataclass(frozen=True)
 class Path:
-    """One CG path: input degrees (l1 <= l2) to output degree l, and the column pairs it multiplies."""
+    """One CG path: input degrees (l1 <= l2) to output degree l, and how many column pairs it multiplies.
+
+    The pairs themselves (``layout.pair_columns``) are enumerated only by the runtime, which needs
+    them; counting them is enough here and keeps the analysis small for fragment-rich inputs.
+    """
 
     l1: int
     l2: int
     l: int
-    pairs: tuple[tuple[int, int], ...]
+    n_pairs: int
 
 
 @dataclass(frozen=True)
@@ -106,13 +110,6 @@ class Analysis:
 #: Most fragment pairs one tensor product may multiply; beyond it `sphc check` itself would need
 #: minutes and gigabytes (two tensor products in a row at L=32 need > 20 GB of column pairs).
 MAX_TP_PAIRS = 2_000_000
-
-
-def _pair_count(l1: int, n1: int, l2: int, n2: int, l: int) -> int:
-    """``len(layout.pair_columns(...))`` for n1, n2 columns, without building the list."""
-    if l1 != l2:
-        return n1 * n2
-    return n1 * (n1 - 1) // 2 if l % 2 else n1 * (n1 + 1) // 2
 
 
 def _rows(L: int) -> int:
@@ -160,32 +157,28 @@ def _(layer: ir.Pointwise, t: SignalType):
 
 @analyze_layer.register
 def _(layer: ir.TensorProduct, t: SignalType):
-    C, cols = t.C, t.cols
-    if layer.cross:  # Kondor: all channels' fragments form one big generalized signal
-        cols = tuple(tuple(c * t.width + j for c in range(t.C) for j in cl) for cl in t.cols)
-        C = 1
-    active = [l for l, c in enumerate(cols) if c]
-    sets = mixing_set(layer.mix, active, layer.L)
-    count = sum(
-        _pair_count(l1, len(cols[l1]), l2, len(cols[l2]), l) for l, pairs in sets.items() for l1, l2 in pairs
-    )
-    if count > MAX_TP_PAIRS:
+    # cross=True (Kondor): all channels' fragments form one generalized signal of C·τ_l columns
+    C, per = (1, t.C) if layer.cross else (t.C, 1)
+    counts = [per * len(c) for c in t.cols]
+    active = [l for l, n in enumerate(counts) if n]
+    paths = [
+        Path(l1, l2, l, pair_count(l1, counts[l1], l2, counts[l2], l))
+        for l, pairs in mixing_set(layer.mix, active, layer.L).items()
+        for l1, l2 in pairs
+    ]
+    paths = [p for p in paths if p.n_pairs]
+    total = sum(p.n_pairs for p in paths)
+    if total > MAX_TP_PAIRS:
         raise SphcError(
-            f"this tensor product would multiply {count:,} pairs of fragments (the limit is {MAX_TP_PAIRS:,})",
+            f"this tensor product would multiply {total:,} pairs of fragments (the limit is {MAX_TP_PAIRS:,})",
             layer.span,
             hint="lower L, use mix=mst or rmst, or shrink the fragments first (S2Conv N=..., GenConv tau=...)",
         )
-    paths = []
-    for l, pairs in sets.items():
-        for l1, l2 in pairs:
-            cp = pair_columns(l1, cols[l1], l2, cols[l2], l)
-            if cp:
-                paths.append(Path(l1, l2, l, tuple(cp)))
     taus = [0] * layer.L
     for p in paths:
-        taus[p.l] += len(p.pairs)
+        taus[p.l] += p.n_pairs
     entries = sum(cg_pattern_size(p.l1, p.l2, p.l) for p in paths)
-    macs = C * sum(cg_pattern_size(p.l1, p.l2, p.l) * len(p.pairs) for p in paths)
+    macs = C * sum(cg_pattern_size(p.l1, p.l2, p.l) * p.n_pairs for p in paths)
     return generalized_type(C, tuple(taus)), 0, macs, tuple(paths), entries
 
 

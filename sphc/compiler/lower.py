@@ -288,17 +288,25 @@ def _out_N(node: LayerNode, vals: dict, spans: dict, L: int, default: int) -> in
     return N
 
 
-def _conv(cls, domains, hint):
-    def build(node, vals, spans, shape):
-        _need(node, shape, domains, hint)
-        L = _out_L(node, vals, spans, shape)
-        C = vals["C"] or shape.C
-        if cls is ir.ZonalConv:
-            return [ir.ZonalConv(C, L, node.full_span)], _Shape(ir.Domain.S2, L, C)
-        N = _out_N(node, vals, spans, L, shape.N if cls is ir.SO3Conv else L)
-        return [cls(C, L, N, node.full_span)], _Shape(ir.Domain.SO3, L, C, N)
+def _s2conv(node, vals, spans, shape):
+    _need(node, shape, (ir.Domain.S2,), "S2Conv maps an S² signal to SO(3); use SO3Conv after it")
+    L = _out_L(node, vals, spans, shape)
+    C, N = vals["C"] or shape.C, _out_N(node, vals, spans, L, L)
+    return [ir.S2Conv(C, L, N, node.full_span)], _Shape(ir.Domain.SO3, L, C, N)
 
-    return build
+
+def _so3conv(node, vals, spans, shape):
+    _need(node, shape, (ir.Domain.SO3,), "SO3Conv needs an SO(3) signal, e.g. after S2Conv")
+    L = _out_L(node, vals, spans, shape)
+    C, N = vals["C"] or shape.C, _out_N(node, vals, spans, L, shape.N)
+    return [ir.SO3Conv(C, L, N, node.full_span)], _Shape(ir.Domain.SO3, L, C, N)
+
+
+def _zonalconv(node, vals, spans, shape):
+    _need(node, shape, (ir.Domain.S2,), "ZonalConv maps S² to S²")
+    L = _out_L(node, vals, spans, shape)
+    C = vals["C"] or shape.C
+    return [ir.ZonalConv(C, L, node.full_span)], _Shape(ir.Domain.S2, L, C)
 
 
 def _pointwise(node, vals, spans, shape):
@@ -334,11 +342,15 @@ def _gen_conv(node, vals, spans, shape):
     _need(node, shape, _HARMONIC, "generalized convolutions act on harmonic fragments")
     L = _out_L(node, vals, spans, shape)
     K = vals["K"] or shape.C
-    if node.name == "FullGenConv":
-        layer = ir.FullGenConv(K, vals["tau"], L, node.full_span)
-    else:
-        layer = ir.GenConv(K, vals["tau"], vals["tau_u"] or vals["tau"], L, node.full_span)
+    layer = ir.GenConv(K, vals["tau"], vals["tau_u"] or vals["tau"], L, node.full_span)
     return [layer], _Shape(ir.Domain.GENERALIZED, L, K)
+
+
+def _full_gen_conv(node, vals, spans, shape):
+    _need(node, shape, _HARMONIC, "generalized convolutions act on harmonic fragments")
+    L = _out_L(node, vals, spans, shape)
+    K = vals["K"] or shape.C
+    return [ir.FullGenConv(K, vals["tau"], L, node.full_span)], _Shape(ir.Domain.GENERALIZED, L, K)
 
 
 def _efficient(node, vals, spans, shape):
@@ -367,22 +379,20 @@ def _dense(node, vals, spans, shape):
     return [layer], _Shape(ir.Domain.FEATURES, features=vals["n"])
 
 
-_S2CONV = _conv(ir.S2Conv, (ir.Domain.S2,), "S2Conv maps an S² signal to SO(3); use SO3Conv after it")
-_SO3CONV = _conv(ir.SO3Conv, (ir.Domain.SO3,), "SO3Conv needs an SO(3) signal, e.g. after S2Conv")
-_ZONALCONV = _conv(ir.ZonalConv, (ir.Domain.S2,), "ZonalConv maps S² to S²")
-
+#: One row per surface name: the builder that checks its values against the incoming shape and
+#: returns its IR layer(s). Shorthands (S2Layer, EfficientLayer, ...) expand to two IR layers.
 _BUILD: dict[str, Callable] = {
-    "S2Conv": _S2CONV,
-    "SO3Conv": _SO3CONV,
-    "ZonalConv": _ZONALCONV,
-    "S2Layer": _conv_layer(_S2CONV),
-    "SO3Layer": _conv_layer(_SO3CONV),
-    "ZonalLayer": _conv_layer(_ZONALCONV),
+    "S2Conv": _s2conv,
+    "SO3Conv": _so3conv,
+    "ZonalConv": _zonalconv,
+    "S2Layer": _conv_layer(_s2conv),
+    "SO3Layer": _conv_layer(_so3conv),
+    "ZonalLayer": _conv_layer(_zonalconv),
     "ReLU": _pointwise,
     "Pointwise": _pointwise,
     "TensorProduct": _tensor_product,
     "GenConv": _gen_conv,
-    "FullGenConv": _gen_conv,
+    "FullGenConv": _full_gen_conv,
     "EfficientLayer": _efficient,
     "Norm": _norm,
     "Invariant": _invariant,

@@ -26,21 +26,8 @@ _MAX_INT = 1 << 40
 
 
 def kernel_spaces(module_plan) -> dict[str, tuple]:
-    """Kernel name → config space, for every kernel the plan generates.
-
-    Mirrors the ``rt.Tunable(...)`` calls of ``templates/triton_tp.py.j2`` and
-    ``templates/triton_linear.py.j2`` (``tests/test_tune.py`` checks them against a loaded module).
-    """
-    out: dict[str, tuple] = {}
-    for k in module_plan.tp_kernels:
-        out[f"{k.prefix}_fwd"] = spaces.TP_SPACE
-        out[f"{k.prefix}_bwd"] = spaces.TP_SPACE
-    for k in module_plan.linear_kernels:
-        J, N = k.C * k.T, k.K * k.V
-        out[f"{k.prefix}_fwd"] = spaces.rowgemm_space(J, N)
-        out[f"{k.prefix}_dgrad"] = spaces.rowgemm_space(N, J)
-        out[f"{k.prefix}_wgrad"] = spaces.wgrad_space(J, N)
-    return out
+    """Kernel name → config space, for every kernel the plan generates (read off its kernel plans)."""
+    return {s.name: getattr(spaces, s.space) for k in module_plan.kernels for s in k.specs}
 
 
 @dataclass(frozen=True)
@@ -174,10 +161,6 @@ def baked_configs(module_plan, tuning: Tuning) -> dict[str, object]:
 def bake(module_plan, tuning: Tuning):
     """The plan with the tuning file's winners as ``rt.Config`` literals and ``TUNED_FOR`` set."""
     baked = {name: _config_literal(c) for name, c in baked_configs(module_plan, tuning).items()}
-
-    def pick(prefix: str) -> tuple[tuple[str, str], ...]:
-        return tuple((n, lit) for n, lit in baked.items() if n.rsplit("_", 1)[0] == prefix)
-
     d = tuning.data
     tuned_for = {
         "device": d["device"]["name"],
@@ -185,9 +168,7 @@ def bake(module_plan, tuning: Tuning):
         "dtype": d["dtype"],
         "batch": int(d["batch"]),
     }
-    return replace(
-        module_plan,
-        tp_kernels=tuple(replace(k, baked=pick(k.prefix)) for k in module_plan.tp_kernels),
-        linear_kernels=tuple(replace(k, baked=pick(k.prefix)) for k in module_plan.linear_kernels),
-        tuned_for=repr(tuned_for),
+    kernels = tuple(
+        replace(k, specs=tuple(replace(s, baked=baked.get(s.name)) for s in k.specs)) for k in module_plan.kernels
     )
+    return replace(module_plan, kernels=kernels, tuned_for=repr(tuned_for))

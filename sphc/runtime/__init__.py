@@ -1,12 +1,13 @@
 """The runtime: reference layers, custom ops, transforms and kernel launchers of generated models.
 
 This package is the one interface a generated module uses: it imports ``sphc.runtime as rt`` and
-names only what ``__all__`` lists below (``tests/test_layout.py`` checks every generated example
+names only what ``__all__`` lists below (``tests/test_injection.py`` checks every generated module
 against it). Nothing here imports the compiler: data flows text → compiler → generated module →
 runtime, never back.
 """
 
-from sphc.kernel_spaces import TP_SPACE, Config, rowgemm_space, wgrad_space
+from sphc.kernel_spaces import ROWGEMM_SPACE, TP_SPACE, WGRAD_SPACE, Config
+from sphc.layout import prefix_cols, s2_cols, so3_cols
 from sphc.runtime import launch, ops
 from sphc.runtime.launch import Tunable
 from sphc.runtime.layers import (
@@ -16,12 +17,12 @@ from sphc.runtime.layers import (
     InputSHT,
     Invariant,
     Norm,
-    Pointwise,
     S2Conv,
+    S2Pointwise,
     SO3Conv,
+    SO3Pointwise,
     TensorProduct,
     ZonalConv,
-    decode_f64,
     set_backend,
 )
 from sphc.runtime.linear_kernels import LinearKernels
@@ -29,7 +30,9 @@ from sphc.runtime.ops import register_kernels
 from sphc.runtime.tp_kernels import TPKernels
 
 __all__ = [
+    "ROWGEMM_SPACE",
     "TP_SPACE",
+    "WGRAD_SPACE",
     "Config",
     "Dense",
     "FullGenConv",
@@ -38,18 +41,19 @@ __all__ = [
     "Invariant",
     "LinearKernels",
     "Norm",
-    "Pointwise",
     "S2Conv",
+    "S2Pointwise",
     "SO3Conv",
+    "SO3Pointwise",
     "TPKernels",
     "TensorProduct",
     "Tunable",
     "ZonalConv",
-    "decode_f64",
     "launch",
     "ops",
+    "prefix_cols",
     "register_kernels",
-    "rowgemm_space",
+    "s2_cols",
     "set_backend",
-    "wgrad_space",
+    "so3_cols",
 ]

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from sphc import config
-from sphc.kernel_spaces import Config
+from sphc.kernel_spaces import Config, fit
 
 _POISON = False
 _FORCED: dict[str, Config] = {}
@@ -103,25 +103,35 @@ class Tunable:
             *args, **kwargs, **meta, num_warps=chosen.num_warps, num_stages=chosen.num_stages
         )
 
-    def run(self, grid: Callable[[dict], tuple[int, ...]], *args, config: Config | None = None, **kwargs):
-        """Launch with the config the module docstring's order picks."""
+    def run(
+        self,
+        grid: Callable[[dict], tuple[int, ...]],
+        *args,
+        extents: dict[str, int] | None = None,
+        config: Config | None = None,
+        **kwargs,
+    ):
+        """Launch with the config the module docstring's order picks, fitted to ``extents``
+        (``kernel_spaces.fit``: block sizes shrunk to the problem this layer launches)."""
+        fitted = (lambda c: fit(c, extents)) if extents else (lambda c: c)
         chosen = config or _FORCED.get(self.name)
         if chosen is not None and config is None:
             _FORCED_RAN.add(self.name)
         if chosen is None and _RECORDER is not None:
-            chosen = _RECORDER.tune(self, grid, args, kwargs)
+            chosen = _RECORDER.tune(self, grid, args, kwargs, fitted)
         if chosen is None and self.baked is not None and self._baked_applies(args):
             chosen = self.baked
         if chosen is None and (interpreting() or len(self.space) == 1):
             chosen = self.space[0]
         if chosen is not None:
-            self.launch(grid, chosen, args, kwargs)
+            self.launch(grid, fitted(chosen), args, kwargs)
             return
         if self._autotuned is None:
             import triton
 
+            unique = list(dict.fromkeys(fitted(c) for c in self.space))  # fitting can merge configs
             self._autotuned = triton.autotune(
-                configs=[c.to_triton() for c in self.space],
+                configs=[c.to_triton() for c in unique],
                 key=list(self.key),
                 reset_to_zero=list(self.reset) or None,
             )(self.kernel)
@@ -221,29 +231,34 @@ class Recorder:
             self._bar.close()
             self._bar = None
 
-    def tune(self, tunable: Tunable, grid, args: tuple, kwargs: dict) -> Config:
+    def tune(self, tunable: Tunable, grid, args: tuple, kwargs: dict, fitted: Callable[[Config], Config]) -> Config:
+        """Time every config of the space (each fitted config once), launch nothing else; the winner."""
         if tunable.name in self.records:
             return self.records[tunable.name].best
         named = tunable.arguments(args, kwargs)
         key = {k: int(named[k]) for k in tunable.key}
         resets = [named[r] for r in tunable.reset]
-        times: dict[str, float] = {}
-        errors: dict[str, str] = {}
+        measured: dict[Config, float | str] = {}
         bar = self._progress()
         bar.set_postfix_str(tunable.name)
         for cfg in tunable.space:
+            run = fitted(cfg)
+            if run not in measured:
 
-            def trial(cfg: Config = cfg) -> None:
-                for t in resets:
-                    t.zero_()
-                tunable.launch(grid, cfg, args, kwargs)
+                def trial(run: Config = run) -> None:
+                    for t in resets:
+                        t.zero_()
+                    tunable.launch(grid, run, args, kwargs)
 
-            try:
-                times[cfg.describe()] = do_bench(trial)
-            except Exception as e:  # a config that does not compile or launch (e.g. out of resources)
-                first = str(e).strip().splitlines()
-                errors[cfg.describe()] = type(e).__name__ + (f": {first[0]}" if first else "")
+                try:
+                    measured[run] = do_bench(trial)
+                except Exception as e:  # a config that does not compile or launch (e.g. out of resources)
+                    first = str(e).strip().splitlines()
+                    measured[run] = type(e).__name__ + (f": {first[0]}" if first else "")
             bar.update(1)
+        times = {c.describe(): measured[fitted(c)] for c in tunable.space}
+        errors = {d: t for d, t in times.items() if isinstance(t, str)}
+        times = {d: t for d, t in times.items() if not isinstance(t, str)}
         if not times:
             raise RuntimeError(f"kernel {tunable.name}: no config of its space ran: {errors}")
         best = min((c for c in tunable.space if c.describe() in times), key=lambda c: times[c.describe()])

@@ -13,17 +13,14 @@ are scattered into the padded complex tensors at call time.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import math
-import zlib
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from sphc import layout
+from sphc import cg, layout
 from sphc.errors import Span, SphcError, SphcInternalError
 from sphc.runtime import ops, tp_kernels
 from sphc.runtime.transforms import (
@@ -47,12 +44,16 @@ _ACTIVATIONS = {
 }
 
 
-def decode_f64(data: str, count: int, sha256: str) -> np.ndarray:
-    """Decode a table embedded by the code generator; refuse it if it was altered."""
-    raw = zlib.decompress(base64.b64decode(data))
-    if hashlib.sha256(raw).hexdigest() != sha256 or len(raw) != 8 * count:
-        raise SphcError("embedded coefficient table is corrupt; recompile the model with `sphc compile`")
-    return np.frombuffer(raw, dtype="<f8").copy()
+def cg_table(paths: tuple[tuple[int, int, int], ...], sha256: str) -> np.ndarray:
+    """A tensor product's CG values, rebuilt from the exact recursion (disk-cached) and checked
+    against the SHA-256 the compiler recorded: a model runs only with the table it was compiled for."""
+    values = cg.pattern_values(paths)
+    if cg.table_sha256(values) != sha256:
+        raise SphcError(
+            "this model's Clebsch–Gordan table differs from the one it was compiled with",
+            hint="recompile the model with this version of sphc (`sphc compile`)",
+        )
+    return values
 
 
 class PackedWeight(nn.Module):
@@ -163,9 +164,9 @@ class S2Conv(nn.Module):
     signal whose samples a pointwise activation can act on.
     """
 
-    def __init__(self, C_in: int, C: int, L_in: int, L: int, N: int, key: str = ""):
+    def __init__(self, C_in: int, C: int, L_in: int, L: int, N: int):
         super().__init__()
-        self.L, self.key, self.backend = L, key, "auto"
+        self.L, self.key, self.backend = L, "", "auto"
         mask = np.broadcast_to(_col_mask(layout.so3_cols(L, N), 2 * N - 1), (C_in, C, L, 2 * N - 1))
         self.w = PackedWeight(mask, 1 / math.sqrt(C_in), real_axes=(3,))
 
@@ -180,9 +181,9 @@ class SO3Conv(nn.Module):
     ψ is a real filter on SO(3), so real signals stay real (see ``PackedWeight``).
     """
 
-    def __init__(self, C_in: int, C: int, L_in: int, N_in: int, L: int, N: int, key: str = ""):
+    def __init__(self, C_in: int, C: int, L_in: int, N_in: int, L: int, N: int):
         super().__init__()
-        self.L, self.key, self.backend = L, key, "auto"
+        self.L, self.key, self.backend = L, "", "auto"
         out = _col_mask(layout.so3_cols(L, N), 2 * N - 1)
         inp = _col_mask(layout.so3_cols(L, N_in), 2 * N_in - 1)
         mask = np.broadcast_to(out[:, :, None] & inp[:, None, :], (C_in, C, L, 2 * N - 1, 2 * N_in - 1))
@@ -200,9 +201,9 @@ class ZonalConv(nn.Module):
     w^l stands for √(4π/(2l+1)) ψ_l0 of a real zonal filter ψ (Esteves et al., PAPER.md §3.2).
     """
 
-    def __init__(self, C_in: int, C: int, L_in: int, L: int, key: str = ""):
+    def __init__(self, C_in: int, C: int, L_in: int, L: int):
         super().__init__()
-        self.L, self.key, self.backend = L, key, "auto"
+        self.L, self.key, self.backend = L, "", "auto"
         self.w = PackedWeight(np.ones((C_in, C, L), dtype=bool), 1 / math.sqrt(C_in), complex_=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,29 +221,40 @@ def _pad(x: torch.Tensor, L: int) -> torch.Tensor:
     return out
 
 
-class Pointwise(nn.Module):
-    """An activation on MW samples: inverse transform → σ → forward transform (PAPER.md §3.4).
+class S2Pointwise(nn.Module):
+    """An activation on the MW samples of an S² signal: inverse transform → σ → forward transform.
 
-    S² and SO(3) signals reaching this layer are real (real input, real filters), so the samples
-    are real. With ``oversample`` = k the coefficients are zero-padded to bandlimit kL (and kN,
-    at most kL) before synthesis, σ acts on the k²-times (k³ for SO(3)) denser grid, and the
-    result is bandlimited back to L: less aliasing, hence a smaller equivariance error.
+    S² signals reaching this layer are real (real input, real filters), so the samples are real.
+    With ``oversample`` = k the coefficients are zero-padded to bandlimit kL before synthesis, σ acts
+    on the k²-times denser grid, and the result is bandlimited back to L: less aliasing, hence a
+    smaller equivariance error (docs/CONVENTIONS.md, pointwise layers).
     """
 
-    def __init__(self, domain: str, L: int, N: int, act: str, oversample: int = 1):
+    def __init__(self, L: int, act: str, oversample: int = 1):
         super().__init__()
-        self.domain, self.L, self.N = domain, L, N
+        self.L, self.L_os = L, L * oversample
+        self.act = _ACTIVATIONS[act]()
+        self.tables = S2Tables(self.L_os)  # the (oversampled) grid's tables, non-persistent buffers
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True, tables=self.tables)
+        y = s2_forward_2d(self.act(f), self.L_os, tables=self.tables)
+        return ops.truncate(y, self.L).unsqueeze(-1)
+
+
+class SO3Pointwise(nn.Module):
+    """An activation on the MW samples of a real SO(3) signal, like ``S2Pointwise``; oversampling
+    pads both bandlimits (kL, and kN but at most kL), so σ acts on a k³-times denser grid."""
+
+    def __init__(self, L: int, N: int, act: str, oversample: int = 1):
+        super().__init__()
+        self.L, self.N = L, N
         self.L_os = L * oversample
         self.N_os = min(N * oversample, self.L_os)
         self.act = _ACTIVATIONS[act]()
-        # the transform tables of the (oversampled) grid, as non-persistent buffers of this layer
-        self.tables = S2Tables(self.L_os) if domain == "s2" else SO3Tables(self.L_os, self.N_os)
+        self.tables = SO3Tables(self.L_os, self.N_os)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.domain == "s2":
-            f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True, tables=self.tables)
-            y = s2_forward_2d(self.act(f), self.L_os, tables=self.tables)
-            return ops.truncate(y, self.L).unsqueeze(-1)
         flmn = x.permute(0, 1, 4, 2, 3)  # runtime (l, m, n) → the transforms' (n, l, m) layout
         T = 2 * self.N - 1
         flmn = _pad(flmn, self.L_os)
@@ -268,22 +280,24 @@ class TensorProduct(nn.Module):
     def __init__(
         self,
         C: int,
-        L_in: int,
-        width_in: int,
+        cols_in: layout.Cols,
         L: int,
-        width: int,
-        paths: tuple[tuple[int, int, int, tuple[tuple[int, int], ...]], ...],
-        cg: np.ndarray,
+        paths: tuple[tuple[int, int, int], ...],
+        cg_sha256: str,
         cross: bool = False,
         project: tuple[int, int] | None = None,
-        key: str = "",
     ):
         super().__init__()
-        self.L, self.width, self.cross, self.key, self.backend = L, width, cross, key, "auto"
+        L_in, width_in = len(cols_in), layout.width(cols_in)
+        cols = layout.merged_cols(cols_in, C) if cross else cols_in
+        T_in = layout.width(cols)
+        paths = layout.tp_paths(cols, paths)  # (l1, l2, l, column pairs): enumerated here, not embedded
+        cg = cg_table(tuple(p[:3] for p in paths), cg_sha256)
+        self.L, self.width, self.cross, self.backend = L, layout.output_width(paths), cross, "auto"
+        self.key = ""  # the kernel-registry key; set_backend names it after the layer's attribute
         self.in_shape = (C, L_in, width_in)
         self.io = ""  # "bfloat16" / "float16": the fused kernel reads x in that dtype (set_backend)
-        T_in = width_in * (C if cross else 1)
-        src1, src2, dst, coef = self._terms(L_in, T_in, L, width, paths, cg)
+        src1, src2, dst, coef = self._terms(L_in, T_in, L, self.width, paths, cg)
         # distinct products (src1, src2), as one int64 key each; term k reads product inv[k]
         n_in = L_in * (2 * L_in - 1) * T_in
         keys, inv = np.unique(src1 * n_in + src2, return_inverse=True)
@@ -299,8 +313,7 @@ class TensorProduct(nn.Module):
         self._ref = self._buffers_from("ref_", ref)
         self._tab: tuple[str, ...] = ()
         if project is not None:
-            shape = layout.tp_shape(L_in, T_in, project[0], project[1], paths)
-            tables = tp_kernels.build_tables(shape, width, paths, cg)
+            tables = tp_kernels.build_tables(project[0], self.width, paths, cg)
             self._tab = self._buffers_from("tab_", {k: tables[k].numpy() for k in tp_kernels.TABLE_NAMES})
 
     def _buffers_from(self, prefix: str, arrays: dict[str, np.ndarray]) -> tuple[str, ...]:
@@ -313,25 +326,21 @@ class TensorProduct(nn.Module):
 
     @staticmethod
     def _terms(L_in, T_in, L, T, paths, cg):
+        """Every (input entry, input entry, output entry, CG value) product term, zeros dropped."""
         M_in, M = 2 * L_in - 1, 2 * L - 1
-        parts, offset, col = [], 0, [0] * L
-        for l1, l2, l, pairs in paths:
+        offsets = layout.cg_offsets(paths)
+        parts = []
+        for (l1, l2, l, pairs), first in zip(paths, layout.output_columns(paths)):
             m, m1 = layout.cg_pattern(l1, l2, l)
-            values = cg[offset : offset + len(m)]
-            offset += len(m)
+            values = cg[offsets[(l1, l2, l)] : offsets[(l1, l2, l)] + len(m)]
             keep = values != 0
             m, m1, values = m[keep], m1[keep], values[keep]
-            i, j = np.asarray(pairs, dtype=np.int64).T
-            cols = col[l] + np.arange(len(pairs))
-            col[l] += len(pairs)
+            i, j = np.asarray(pairs, dtype=np.int64).reshape(-1, 2).T
+            cols = first + np.arange(len(pairs))
             r1 = (l1 * M_in + L_in - 1 + m1)[:, None] * T_in + i[None, :]
             r2 = (l2 * M_in + L_in - 1 + (m - m1))[:, None] * T_in + j[None, :]
             ro = (l * M + L - 1 + m)[:, None] * T + cols[None, :]
             parts.append((r1.ravel(), r2.ravel(), ro.ravel(), np.repeat(values, len(pairs))))
-        if offset != len(cg):
-            raise SphcError(
-                f"CG table has {len(cg)} entries but the paths need {offset}; recompile the model"
-            )
         if not parts:
             empty = np.zeros(0, dtype=np.int64)
             return empty, empty, empty, np.zeros(0)
@@ -372,23 +381,12 @@ class GenConv(nn.Module):
     TensorProduct the uniform step is fused into the product (``after``).
     """
 
-    def __init__(
-        self,
-        C: int,
-        K: int,
-        L_in: int,
-        width_in: int,
-        cols_in: layout.Cols,
-        L: int,
-        tau: int,
-        tau_u: int,
-        key: str = "",
-        key_uniform: str = "",
-    ):
+    def __init__(self, C: int, K: int, cols_in: layout.Cols, L: int, tau: int, tau_u: int):
         super().__init__()
-        self.L, self.tau, self.key, self.key_uniform, self.backend = L, tau, key, key_uniform, "auto"
+        self.L, self.tau, self.backend = L, tau, "auto"
+        self.key = self.key_uniform = ""  # kernel-registry keys, set by set_backend
         live = np.array([bool(cols_in[l]) for l in range(L)])
-        cm = _col_mask(cols_in[:L], width_in)
+        cm = _col_mask(cols_in[:L], layout.width(cols_in))
         self.u = PackedWeight(np.repeat(cm[:, :, None], tau_u, 2), _fan_std(cm.sum(1))[:, None, None])
         self.v = PackedWeight(
             np.broadcast_to(live[None, :, None, None], (C, L, tau_u, tau)), 1 / math.sqrt(tau_u)
@@ -425,19 +423,10 @@ def _add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 class FullGenConv(nn.Module):
     """Unconstrained generalized convolution: y^l = x^l W^l over all (channel, column) pairs."""
 
-    def __init__(
-        self,
-        C: int,
-        K: int,
-        L_in: int,
-        width_in: int,
-        cols_in: layout.Cols,
-        L: int,
-        tau: int,
-        key: str = "",
-    ):
+    def __init__(self, C: int, K: int, cols_in: layout.Cols, L: int, tau: int):
         super().__init__()
-        self.L, self.key, self.backend = L, key, "auto"
+        self.L, self.key, self.backend = L, "", "auto"
+        width_in = layout.width(cols_in)
         cm = _col_mask(cols_in[:L], width_in)
         mask = np.broadcast_to(cm[:, None, :, None, None], (L, C, width_in, K, tau))
         self.w = PackedWeight(mask, _fan_std(C * cm.sum(1))[:, None, None, None, None])
@@ -448,11 +437,15 @@ class FullGenConv(nn.Module):
         return _add_bias(y, self.bias)
 
 
-def set_backend(model: nn.Module, backend: str | None, io_dtype: str | None = None) -> str:
+def set_backend(
+    model: nn.Module, backend: str | None, io_dtype: str | None = None, kernels: str | None = None
+) -> str:
     """Point every op-backed layer of ``model`` at ``backend`` (None: ``SPHC_BACKEND`` or "auto").
 
     ``io_dtype`` "bfloat16" / "float16" makes the fused tensor products read their input in that
-    dtype (half the bytes) while accumulating in fp32; None keeps the model's dtype.
+    dtype (half the bytes) while accumulating in fp32; None keeps the model's dtype. ``kernels``
+    (a generated module's ``__name__``) names each layer's kernel-registry key after its attribute,
+    the name under which that module registered the layer's kernels.
     """
     chosen = ops.check_backend(backend)
     io = io_dtype or ""
@@ -463,6 +456,12 @@ def set_backend(model: nn.Module, backend: str | None, io_dtype: str | None = No
             module.backend = chosen
         if isinstance(module, TensorProduct):
             module.io = io
+    if kernels is not None:
+        for attr, layer in model.named_children():
+            if hasattr(layer, "key"):
+                layer.key = ops.kernel_key(kernels, layout.kernel_name(attr))
+            if hasattr(layer, "key_uniform"):
+                layer.key_uniform = ops.kernel_key(kernels, layout.kernel_name(attr, "u"))
     # constant tables (every non-persistent buffer) need no per-step DDP broadcast; running stats do
     tables = [
         f"{prefix}.{name}" if prefix else name
@@ -481,9 +480,10 @@ class Norm(nn.Module):
     CGNet normalisation of PAPER.md §3.3, with a learned scale).
     """
 
-    def __init__(self, C: int, cols: layout.Cols, width: int, eps: float, momentum: float):
+    def __init__(self, C: int, cols: layout.Cols, eps: float, momentum: float):
         super().__init__()
         self.eps, self.momentum = eps, momentum
+        width = layout.width(cols)
         mask = np.broadcast_to(_col_mask(cols, width), (C, len(cols), width))
         self.gamma = PackedWeight(mask, 0.0, complex_=False)
         with torch.no_grad():
@@ -504,9 +504,9 @@ class Norm(nn.Module):
 class Invariant(nn.Module):
     """Readout: the degree-0 fragments (D^0 = 1, so invariant) as real features (re, im)."""
 
-    def __init__(self, cols0: tuple[int, ...]):
+    def __init__(self, cols: layout.Cols):
         super().__init__()
-        self.register_buffer("cols", torch.tensor(cols0, dtype=torch.int64), persistent=False)
+        self.register_buffer("cols", torch.tensor(list(cols[0]), dtype=torch.int64), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = x[:, :, 0, x.shape[3] // 2][..., self.cols]

@@ -1,4 +1,4 @@
-"""Launcher for the generated per-degree complex linear kernels (``templates/triton_linear.py.j2``).
+"""Launcher for the generated per-degree complex linear kernels (``templates/kernels/linear.py.j2``).
 
 One op serves S2Conv (T = 1), SO3Conv, ZonalConv, FullGenConv and GenConv's mixing step:
 
@@ -20,18 +20,10 @@ import torch
 
 from sphc.errors import SphcError
 from sphc.kernel_spaces import Config
+from sphc.layout import cdiv, next_pow2
 from sphc.runtime import launch
 
 _DTYPES = (torch.complex64, torch.complex128)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
-def _bucket(n: int) -> int:
-    """Power-of-two bucket of the row count: the tuning key, so ragged last batches reuse a config."""
-    return 1 << max(0, n - 1).bit_length()
 
 
 def _planes(t: torch.Tensor) -> torch.Tensor:
@@ -41,14 +33,13 @@ def _planes(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LinearKernels:
-    """The three kernels of one layer's linear map, with the sizes they were specialised to."""
+    """The three kernels of one layer's linear map; every size comes from the tensors of a call.
 
-    name: str
-    L: int
-    C: int
-    T: int
-    K: int
-    V: int
+    ``fwd`` and ``dgrad`` launch the module's ``degree_gemm``, ``wgrad`` its ``degree_wgrad``
+    (``templates/kernels/linear.py.j2``); their shapes are ``tl.constexpr`` arguments, so Triton
+    compiles one specialisation per layer shape from one emitted source.
+    """
+
     fwd: launch.Tunable
     dgrad: launch.Tunable
     wgrad: launch.Tunable
@@ -58,17 +49,21 @@ class LinearKernels:
     #: complex elements all partials may hold together (large weights have enough tiles anyway)
     split_budget: int = 1 << 22
 
+    @property
+    def name(self) -> str:
+        return self.fwd.name.removesuffix("_fwd")
+
     # ---- checks -------------------------------------------------------------------------------
 
     def _fail(self, what: str, hint: str | None = None) -> SphcError:
         return SphcError(f"linear kernels {self.name}: {what}", hint=hint)
 
-    def _check_signal(self, t: torch.Tensor, arg: str, ch: int, cols: int, B: int | None = None) -> int:
-        M = 2 * self.L - 1
-        want = ("B" if B is None else B, ch, self.L, M, cols)
+    def _check_signal(self, t: torch.Tensor, arg: str, ch: int, L: int, cols: int, B: int | None = None) -> int:
+        M = 2 * L - 1
+        want = ("B" if B is None else B, ch, L, M, cols)
         if t.dim() != 5 or tuple(t.shape[1:]) != want[1:] or (B is not None and t.shape[0] != B):
             raise self._fail(
-                f"{arg} has shape {tuple(t.shape)}, expected (B, {ch}, {self.L}, {M}, {cols}) = {want}",
+                f"{arg} has shape {tuple(t.shape)}, expected (B, {ch}, {L}, {M}, {cols}) = {want}",
                 hint="harmonic signals are (batch, channels, L, 2L-1, columns)",
             )
         return t.shape[0]
@@ -90,40 +85,49 @@ class LinearKernels:
                 hint="use backend='torch' on CPU, or set TRITON_INTERPRET=1 before the model is loaded",
             )
 
-    def _check_weight(self, w: torch.Tensor) -> None:
-        want = (self.L, self.C, self.T, self.K, self.V)
-        if tuple(w.shape) != want:
-            raise self._fail(f"w has shape {tuple(w.shape)}, expected (L, C, T, K, V) = {want}")
+    def _weight(self, w: torch.Tensor) -> tuple[int, int, int, int, int]:
+        if not isinstance(w, torch.Tensor) or w.dim() != 5:
+            raise self._fail(f"w must be a 5-d tensor (L, C, T, K, V), got {getattr(w, 'shape', type(w))}")
+        return tuple(w.shape)
 
     # ---- launches -----------------------------------------------------------------------------
 
-    def _rowgemm(self, kernel: launch.Tunable, a: torch.Tensor, w: torch.Tensor, out_shape, config):
-        """Launch the fwd / dgrad kernel: out (B, N1, L, 2L−1, N2) from a (B, J1, L, 2L−1, J2)."""
-        B = a.shape[0]
-        y = launch.empty(out_shape, like=a)
+    def _rowgemm(self, kernel: launch.Tunable, a: torch.Tensor, w: torch.Tensor, dims, conj: bool, config):
+        """Launch ``degree_gemm``: out (B, N1, L, 2L−1, N2) = a (B, J1, L, 2L−1, J2) op(w).
+
+        ``dims`` = (J1, J2, N1, N2) and which weight axes are reduced: forward reduces (c, t) of
+        w (L, C, T, K, V), the input gradient reduces (k, v) and reads w conjugated.
+        """
+        J1, J2, N1, N2 = dims
+        B, L = a.shape[0], w.shape[0]
+        y = launch.empty((B, N1, L, 2 * L - 1, N2), like=a)
         if B == 0:
             return y
         ar, wr, yr = _planes(a), _planes(w.contiguous()), torch.view_as_real(y)
-        N = out_shape[1] * out_shape[4]
-        rows = B * (2 * self.L - 1)
+        sw_l, sw_c, sw_t, sw_k, sw_v = wr.stride()[:5]
+        sw_j, sw_n = (sw_v, sw_t) if conj else (sw_t, sw_v)  # (k, v) flattened reads w transposed
+        J, N, rows = J1 * J2, N1 * N2, B * (2 * L - 1)
 
         def grid(meta: dict) -> tuple[int, int, int]:
-            return (_cdiv(rows, meta["BLOCK_M"]), _cdiv(N, meta["BLOCK_N"]), self.L)
+            return (cdiv(rows, meta["BLOCK_M"]), cdiv(N, meta["BLOCK_N"]), L)
 
-        kernel.run(grid, ar, wr, yr, B, *ar.stride()[:5], _bucket(rows), config=config)
+        kernel.run(
+            grid, ar, wr, yr, B, *ar.stride()[:5], sw_l, sw_j, sw_n, *yr.stride()[:5], next_pow2(rows),
+            L=L, J=J, J2=J2, N=N, N2=N2, CONJ=conj, extents={"BLOCK_N": N, "BLOCK_K": J}, config=config,
+        )  # fmt: skip
         return y
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, *, config: Config | None = None) -> torch.Tensor:
         """``y`` (B, K, L, 2L−1, V), contiguous, zero where |m| > l; ``x`` may be any strided view."""
         self._check_common({"x": x, "w": w})
-        B = self._check_signal(x, "x", self.C, self.T)
-        self._check_weight(w)
-        return self._rowgemm(self.fwd, x, w, (B, self.K, self.L, 2 * self.L - 1, self.V), config)
+        L, C, T, K, V = self._weight(w)
+        self._check_signal(x, "x", C, L, T)
+        return self._rowgemm(self.fwd, x, w, (C, T, K, V), False, config)
 
-    def split_for(self, B: int) -> int:
+    def split_for(self, B: int, L: int, J: int, N: int) -> int:
         """Number of weight-gradient partials for batch ``B`` (fixed per B, so results are reproducible)."""
-        by_budget = self.split_budget // (self.L * self.C * self.T * self.K * self.V)
-        return max(1, min(self.max_split, by_budget, B * (2 * self.L - 1) // self.rows_per_split))
+        by_budget = self.split_budget // (L * J * N)
+        return max(1, min(self.max_split, by_budget, B * (2 * L - 1) // self.rows_per_split))
 
     def backward(
         self,
@@ -140,24 +144,25 @@ class LinearKernels:
         grad_x is contiguous (B, C, L, 2L−1, T), zero where |m| > l; grad_w is (L, C, T, K, V).
         """
         self._check_common({"g": g, "x": x, "w": w})
-        B = self._check_signal(x, "x", self.C, self.T)
-        self._check_signal(g, "g", self.K, self.V, B)
-        self._check_weight(w)
-        M = 2 * self.L - 1
-        grad_x = self._rowgemm(self.dgrad, g, w, (B, self.C, self.L, M, self.T), dgrad_config)
-        S = self.split_for(B) if split is None else split
+        L, C, T, K, V = self._weight(w)
+        B = self._check_signal(x, "x", C, L, T)
+        self._check_signal(g, "g", K, L, V, B)
+        grad_x = self._rowgemm(self.dgrad, g, w, (K, V, C, T), True, dgrad_config)
+        J, N = C * T, K * V
+        S = self.split_for(B, L, J, N) if split is None else split
         if S < 1:
             raise self._fail(f"split must be >= 1, got {S}")
-        part = launch.empty((S, self.L, self.C, self.T, self.K, self.V), like=w)
+        part = launch.empty((S, L, C, T, K, V), like=w)
         if B == 0:
             return grad_x, part[0].zero_()
         xr, gr, pr = _planes(x), _planes(g), torch.view_as_real(part)
-        J, N = self.C * self.T, self.K * self.V
 
         def grid(meta: dict) -> tuple[int, int, int]:
-            return (_cdiv(J, meta["BLOCK_J"]), _cdiv(N, meta["BLOCK_N"]), S * self.L)
+            return (cdiv(J, meta["BLOCK_J"]), cdiv(N, meta["BLOCK_N"]), S * L)
 
         self.wgrad.run(
-            grid, xr, gr, pr, B, *xr.stride()[:5], *gr.stride()[:5], S, _bucket(B * M), config=wgrad_config
-        )
+            grid, xr, gr, pr, B, *xr.stride()[:5], *gr.stride()[:5], pr.stride(1), pr.stride(3), S,
+            next_pow2(B * (2 * L - 1)), L=L, J=J, T=T, N=N, V=V, extents={"BLOCK_J": J, "BLOCK_N": N},
+            config=wgrad_config,
+        )  # fmt: skip
         return grad_x, part[0] if S == 1 else part.sum(0)

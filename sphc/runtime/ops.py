@@ -32,9 +32,14 @@ _KERNELS: dict[str, object] = {}
 _WARNED: set[str] = set()
 
 
-def register_kernels(key: str, kernels: object) -> None:
+def kernel_key(module: str, name: str) -> str:
+    """The registry key of kernel set ``name`` (``layout.kernel_name``) of generated module ``module``."""
+    return f"{module}.{name}"
+
+
+def register_kernels(module: str, name: str, kernels: object) -> None:
     """Called by a generated module for each of its kernel sets (same key → same kernels)."""
-    _KERNELS[key] = kernels
+    _KERNELS[kernel_key(module, name)] = kernels
 
 
 def check_backend(backend: str | None) -> str:
