@@ -16,8 +16,8 @@ Why it is built this way:
   between the hit's normal and x, on the mesh and then on its convex hull. A ray that misses gets
   distance 2 (``MISS_DISTANCE``) and cos = sin = 0. Mesh normals follow the file's winding (ShapeNet
   winding is not always consistent, as in Cohen et al.); the hull's cos is |n . x|, which equals n . x
-  on any closed hull (outward normals, entered from outside) and stays defined for a flat shape,
-  whose hull is its planar convex polygon.
+  for outward normals on any closed hull (a ray enters it from outside), so qhull's arbitrary winding
+  does not matter, and it stays defined for a flat shape, whose hull is its planar convex polygon.
 * **Rotations.** ``rotated`` rotates each mesh's vertices by its own Haar-random R (``random_rotations``
   of ``sphc.data.mnist``), so the signal at x is the unrotated shape's at R^T x (docs/CONVENTIONS.md,
   rotations). Rotating the mesh rather than the rays keeps the grid and the casting code unchanged.
@@ -162,16 +162,18 @@ def normalize_mesh(mesh: trimesh.Trimesh, name: str = "mesh") -> trimesh.Trimesh
 
 
 def _convex_hull(mesh: trimesh.Trimesh, name: str) -> trimesh.Trimesh:
-    """The convex hull; for a flat mesh, its planar convex polygon (fan-triangulated)."""
+    """The convex hull's triangles (qhull; winding arbitrary); for a flat mesh, its planar convex polygon."""
     try:
-        return trimesh.convex.convex_hull(mesh)
+        return trimesh.Trimesh(
+            mesh.vertices, ConvexHull(mesh.vertices).simplices, process=False, validate=False
+        )
     except QhullError:
         pass
     points = mesh.vertices - mesh.vertices.mean(axis=0)
     _, sv, vt = np.linalg.svd(points, full_matrices=False)
     if sv[2] > 1e-9 * sv[0]:
         raise SphcError(f"{name}: qhull could not build the convex hull of this mesh")
-    polygon = ConvexHull(points @ vt[:2].T).vertices  # counter-clockwise indices of the 2-D hull
+    polygon = ConvexHull(points @ vt[:2].T).vertices  # the 2-D hull's corners in order
     fan = np.stack([np.full(len(polygon) - 2, polygon[0]), polygon[1:-1], polygon[2:]], axis=1)
     return trimesh.Trimesh(mesh.vertices, fan, process=False, validate=False)
 

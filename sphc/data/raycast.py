@@ -25,11 +25,13 @@ Three interchangeable methods (``METHODS``), equal up to float rounding and rays
 
 For the two trimesh methods the distance and angle are recomputed in float64 from the chosen
 triangle's plane, so all methods agree to float64 rounding wherever they pick the same triangle.
-``DEFAULT_METHOD`` is the fastest in ``benchmarks/bench_raycast.py`` (see that script's docstring).
+``DEFAULT_METHOD`` is the fastest in ``benchmarks/bench_raycast.py``: embree where ``embreex`` is
+installed, else sphc's own (the pure trimesh caster is the slowest by far).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Sequence
 
@@ -42,8 +44,8 @@ from sphc.errors import SphcError
 MISS_DISTANCE = 2.0
 #: Ray-casting implementations, see the module docstring.
 METHODS = ("sphc", "embree", "trimesh")
-#: The fastest method measured by benchmarks/bench_raycast.py on meshes of 100 to 80k triangles.
-DEFAULT_METHOD = "embree"
+#: The fastest method in benchmarks/bench_raycast.py where ``embreex`` is installed, else sphc's own.
+DEFAULT_METHOD = "embree" if importlib.util.find_spec("embreex") is not None else "sphc"
 
 #: Caps wider than this (radians) are not bounded by a (theta, phi) box; such triangles meet every ray.
 _WIDE_CAP = 1.4
@@ -87,6 +89,8 @@ def cast_rays(
 def _trimesh_first_hits(mesh: trimesh.Trimesh, directions: np.ndarray, method: str) -> np.ndarray:
     """Index of the first face hit per ray, -1 for a miss, from trimesh's embree or rtree caster."""
     if method == "embree":
+        if importlib.util.find_spec("embreex") is None:
+            raise SphcError("ray casting: method 'embree' needs the embreex package (pip install embreex)")
         from trimesh.ray.ray_pyembree import RayMeshIntersector
     else:
         from trimesh.ray.ray_triangle import RayMeshIntersector
