@@ -150,10 +150,11 @@ def evaluate_rankings(
 
 
 def classifier_rankings(scores: np.ndarray, ids: Sequence[str], cutoff: int = CUTOFF) -> dict[str, list[str]]:
-    """Each shape's ranked list from class scores (n, C) or (n, copies, C): see the module docstring.
+    """Each shape's ranked list from class scores (n, C), or (n, copies, C) for augmented copies.
 
-    ``scores`` may be logits or log-probabilities (log-softmax is applied, which leaves
-    log-probabilities unchanged) and are summed over copies. Ties keep the order of ``ids``.
+    ``scores`` are one model output per copy, logits or log-probabilities (log-softmax is applied per
+    copy, which leaves log-probabilities unchanged), then summed over copies; see the module
+    docstring. Ties keep the order of ``ids``.
     """
     scores = np.asarray(scores, dtype=np.float64)
     ids = np.asarray(ids, dtype=str)
