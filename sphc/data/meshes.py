@@ -122,7 +122,7 @@ def load_mesh(path: str | Path) -> trimesh.Trimesh:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # trimesh warns about materials, normals etc. it cannot use
-            mesh = trimesh.load(path, force="mesh", process=False)
+            mesh = trimesh.load(path, force="mesh", process=False, skip_materials=True)
     except Exception as e:  # trimesh's parsers raise anything from IndexError to KeyError on bad input
         detail = str(e).splitlines()[0] if str(e) else ""
         raise SphcError(f"{path}: cannot read {path.suffix} file ({type(e).__name__}: {detail})") from None
