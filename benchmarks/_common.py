@@ -141,7 +141,7 @@ def verdict(value: float, target: float) -> str:
 
 # ---------------------------------------------------------------- cost growth with L (bench_layer, bench_kernels)
 
-#: The paper's asymptotic cost of one tensor product per mixing set (PAPER.md), as fitted exponents.
+#: The paper's asymptotic cost of one tensor product per mixing set (docs/CONVENTIONS.md §8), as fitted exponents.
 GROWTH_CLAIMS = {"full": "O(L^5) → 5", "mst": "O(L^4) → 4", "rmst": "O(L^3 log L) → ~3.3-3.6"}
 
 

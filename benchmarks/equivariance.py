@@ -1,4 +1,4 @@
-"""Mean relative equivariance error of every layer kind, next to the paper's table (PAPER.md §6.4).
+"""Mean relative equivariance error of every layer kind, next to the paper's table (docs/CONVENTIONS.md §9).
 
 For each layer: random real input signals (random bandlimited MW samples pushed through the layers
 before it), many Haar-random rotations applied exactly in harmonic space (Wigner-D; a pointwise layer

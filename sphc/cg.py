@@ -1,7 +1,7 @@
-"""Exact complex Clebsch–Gordan coefficients C^{lm}_{l1 m1, l2 m2} (Condon–Shortley, PAPER.md §2.4).
+"""Exact complex Clebsch–Gordan coefficients C^{lm}_{l1 m1, l2 m2} (Condon–Shortley, docs/CONVENTIONS.md §5).
 
 The convention is that of ``sympy.physics.quantum.cg.CG(l1, m1, l2, m2, l, m).doit()``, but sympy costs
-~1 ms per coefficient and the CG activation (PAPER.md §3.3) needs millions of them at L = 32. So whole
+~1 ms per coefficient and the CG activation (docs/CONVENTIONS.md §7.4) needs millions of them at L = 32. So whole
 (l1, l2, l) blocks are computed with exact integer arithmetic:
 
     C^{lm}_{m1 m2} = sqrt(K P_m Q(m1) R(m2)) r^m_{m1},   r^m = u^m / (D (l-m)!),   D = (2 l1)! (2 l2)!,

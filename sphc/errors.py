@@ -2,7 +2,7 @@
 
 Every mistake a user can make (in a ``.sph`` file or when calling a generated model) becomes an
 ``SphcError`` carrying a ``Span``; the CLI prints ``render()`` without a traceback (the Triton
-``CompilationError`` idea, see shared/docs/STYLE.md §3.4). A failure that is sphc's own fault is
+``CompilationError`` idea). A failure that is sphc's own fault is
 an ``SphcInternalError`` instead, so users can tell the two apart.
 """
 

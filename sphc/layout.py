@@ -2,7 +2,7 @@
 
 A harmonic signal between layers is one complex tensor of shape ``(batch, C, L, 2L-1, T)``:
 ``x[b, c, l, L-1+m, t]`` is coefficient ``m`` of fragment (column) ``t`` of degree ``l`` in
-channel ``c`` — s2fft's 2-D ``flm`` layout with a trailing fragment axis (PAPER.md §3.1, §5.5).
+channel ``c`` — s2fft's 2-D ``flm`` layout with a trailing fragment axis (docs/CONVENTIONS.md §1.3, §6).
 Entries with ``|m| > l`` and columns that degree ``l`` does not use are zero. Which columns a
 degree uses is the signal's *type*: ``cols[l]`` lists them. Both the analysis (to count) and
 the runtime (to build gather indices) enumerate tensor-product terms with the functions here,
@@ -39,7 +39,7 @@ def pair_columns(
 ) -> list[tuple[int, int]]:
     """Column pairs (i, j) whose CG product at output degree ``l`` is needed.
 
-    Swapping the factors multiplies the product by (-1)^(l1+l2-l) (PAPER.md §2.4), so for a path
+    Swapping the factors multiplies the product by (-1)^(l1+l2-l) (docs/CONVENTIONS.md §5.2), so for a path
     with l1 == l2 the pairs (i, j) and (j, i) carry the same information: keep i <= j, and drop
     i == j when l is odd, where the product of a column with itself vanishes.
     """

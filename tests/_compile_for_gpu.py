@@ -25,12 +25,14 @@ def record(text: str, dtype: str) -> int:
     import torch
 
     import sphc
+    from sphc.kernel_spaces import fit
     from sphc.runtime import launch
 
     calls: dict[str, dict] = {}
     original = launch.Tunable.launch
 
-    def recording(self, grid, chosen, args, kwargs):
+    def recording(self, grid, chosen, args, kwargs, extents=None):
+        chosen = fit(chosen, extents) if extents else chosen
         named = {**self.arguments(args, kwargs), **chosen.kwargs}
         sig, consts = {}, {}
         for p in inspect.signature(self.kernel.fn).parameters.values():
@@ -44,7 +46,7 @@ def record(text: str, dtype: str) -> int:
                 sig[p.name] = "i64" if abs(int(value)) >= 2**31 else "i32"
         ran = {"meta": chosen.kwargs, "num_warps": chosen.num_warps, "num_stages": chosen.num_stages}
         calls.setdefault(self.name, {"sig": sig, "consts": consts, "ran": ran})
-        return original(self, grid, chosen, args, kwargs)
+        return original(self, grid, chosen, args, kwargs)  # already fitted
 
     launch.Tunable.launch = recording
     torch.manual_seed(0)
@@ -100,7 +102,11 @@ def compile_recorded(text: str, calls: dict) -> int:
 def main(text: str, dtype: str) -> int:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     run = subprocess.run(
-        [sys.executable, __file__, "--record", text, dtype], env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, __file__, "--record", text, dtype],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if run.returncode != 0:
         print(run.stdout[-3000:] + run.stderr[-3000:])

@@ -1,4 +1,4 @@
-"""The integer CG engine against sympy's Condon–Shortley CG (PAPER.md §2.4), on fresh random indices."""
+"""The integer CG engine against sympy's Condon–Shortley CG (docs/CONVENTIONS.md §5.1), on fresh random indices."""
 
 from __future__ import annotations
 

@@ -149,7 +149,9 @@ def test_spaces_fit_the_problem():
 def test_split_count(lin):
     assert lin.split_for(1, 2, 6, 2) == 1
     assert lin.split_for(10**6, 2, 6, 2) == lin.max_split
-    assert linear_kernels.LinearKernels(**{**vars(lin), "split_budget": 24 * 5}).split_for(10**6, 2, 6, 2) == 5
+    assert (
+        linear_kernels.LinearKernels(**{**vars(lin), "split_budget": 24 * 5}).split_for(10**6, 2, 6, 2) == 5
+    )
 
 
 def test_bad_arguments(lin, monkeypatch):

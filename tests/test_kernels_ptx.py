@@ -46,4 +46,6 @@ def test_kernels_compile_for_sm90(text, dtype):
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-4000:]
     assert " 0 failed" in run.stdout
     if text == UNROLLED:  # the plan's own choice, not forced
-        assert "its tensor product unrolled" in sphc.compile_source(text) and "tensorproduct_fwd" in run.stdout
+        assert (
+            "its tensor product unrolled" in sphc.compile_source(text) and "tensorproduct_fwd" in run.stdout
+        )

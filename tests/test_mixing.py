@@ -1,4 +1,4 @@
-"""Degree-mixing sets: the rules of PAPER.md §4.3 and their measured growth with L."""
+"""Degree-mixing sets: the rules of docs/CONVENTIONS.md §8 and their measured growth with L."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_full_is_every_triangle_pair():
 
 
 def test_mst_matches_the_reference_rule_at_L8():
-    """PAPER.md §4.3 lists the MST (+ self pairs) of CGNet's rule for L = 8."""
+    """docs/CONVENTIONS.md §8 lists the MST (+ self pairs) of CGNet's rule for L = 8."""
     sets = mixing_set(Mixing.MST, range(8), 8)
     assert [len(sets[l]) for l in (0, 1, 2, 3, 7)] == [8, 14, 14, 13, 11]
     assert [p for p in sets[2] if p[0] != p[1]] == [(0, 2), (1, 2), (1, 3), (2, 4), (3, 5), (4, 6), (5, 7)]
@@ -63,7 +63,7 @@ def test_rmst_uses_every_input_degree_somewhere():
 
 
 def test_measured_growth_of_pairs_per_degree():
-    """Pairs per output degree: full O(L²), MST O(L), RMST O(log L) (PAPER.md §1, §4.3)."""
+    """Pairs per output degree: full O(L²), MST O(L), RMST O(log L) (docs/CONVENTIONS.md §8)."""
     Ls = (8, 16, 32, 64)
     full = [_mean_pairs(Mixing.FULL, L) for L in Ls]
     mst = [_mean_pairs(Mixing.MST, L) for L in Ls]

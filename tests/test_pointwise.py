@@ -1,4 +1,4 @@
-"""Pointwise activations on MW samples (PAPER.md §3.4): the sampling pipeline, checked exactly where
+"""Pointwise activations on MW samples (docs/CONVENTIONS.md §7.7): the sampling pipeline, checked exactly where
 the maths is exact, against pyssht, and for the (approximate) equivariance oversampling improves."""
 
 from __future__ import annotations

@@ -65,9 +65,17 @@ def test_tensor_product_against_loops_with_sympy_cg(name):
         C = 1
     L = info.t_out.L
     want = torch.zeros(B, C, L, 2 * L - 1, info.t_out.width, dtype=torch.complex128)
+    merged = info.t_in.C if layer.cross else 1  # cross: channel c's column t is column c T + t
+    cols = [[c * T + t for c in range(merged) for t in cl] for cl in info.t_in.cols]
     col = [0] * L
     for p in info.paths:
-        for i, j in p.pairs:
+        # the column pairs, enumerated here from the rule (i <= j on equal degrees, i < j at odd l)
+        if p.l1 != p.l2:
+            pairs = [(i, j) for i in cols[p.l1] for j in cols[p.l2]]
+        else:
+            pairs = [(i, j) for i in cols[p.l1] for j in cols[p.l1] if i < j or (i == j and p.l % 2 == 0)]
+        assert len(pairs) == p.n_pairs
+        for i, j in pairs:
             for m in range(-p.l, p.l + 1):
                 acc = 0
                 for m1 in range(-p.l1, p.l1 + 1):
@@ -100,7 +108,7 @@ def test_genconv_against_per_degree_matrices():
 
 
 def test_so3conv_against_the_convolution_formula():
-    """(f⋆ψ)^l_mn = Σ_k f^l_mk conj(ψ^l_nk) with W = conj(ψ) (PAPER.md §3.2), summed over channels."""
+    """(f⋆ψ)^l_mn = Σ_k f^l_mk conj(ψ^l_nk) with W = conj(ψ) (docs/CONVENTIONS.md §7.2), summed over channels."""
     layer, info = _last_layer(MODELS["so3conv"])
     x = random_harmonic(2, info.t_in)
     W = layer.w()  # [c, k, l, n, n']
@@ -139,7 +147,7 @@ def test_gradients_match_finite_differences():
 
 
 def _assert_real_so3(y: torch.Tensor) -> None:
-    """A real SO(3) signal has f^l_{-m,-n} = (-1)^(m+n) conj(f^l_{mn}) (PAPER.md §2.3)."""
+    """A real SO(3) signal has f^l_{-m,-n} = (-1)^(m+n) conj(f^l_{mn}) (docs/CONVENTIONS.md §4.1)."""
     M, T = y.shape[-2], y.shape[-1]
     m = torch.arange(M) - (M - 1) // 2
     n = torch.arange(T) - (T - 1) // 2

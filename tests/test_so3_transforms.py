@@ -1,5 +1,5 @@
 """MW SO(3) transforms against two references: so3's algorithm rebuilt from pyssht's spin transforms
-(PAPER.md §2.3) and direct Wigner-D synthesis; plus round trips, rotation convention, autograd and
+(docs/CONVENTIONS.md §4.3) and direct Wigner-D synthesis; plus round trips, rotation convention, autograd and
 input checks."""
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def _random_samples(L: int, N: int, real: bool, lead: tuple[int, ...] = ()) -> n
 
 def _ref_forward(f: np.ndarray, L: int, N: int) -> np.ndarray:
     """so3's MW forward from pyssht: gamma FFT weighted 2pi/(2N-1), spin -n forward per n, then
-    (-1)^n sqrt(4pi/(2l+1)) (PAPER.md §2.3)."""
+    (-1)^n sqrt(4pi/(2l+1)) (docs/CONVENTIONS.md §4.3)."""
     g = 2 * N - 1
     rings = np.fft.fft(f, axis=0) * (2 * np.pi / g)  # index n mod 2N-1
     out = np.zeros(_shape(L, N), dtype=np.complex128)
@@ -100,7 +100,7 @@ def _ref_inverse(flmn: np.ndarray, L: int, N: int) -> np.ndarray:
 
 
 def _synthesis_at(flmn: np.ndarray, L: int, N: int, alpha: float, beta: float, gamma: float) -> complex:
-    """f(rho) = sum (2l+1)/(8pi^2) f^l_{mn} conj(D^l_{mn}(rho)), D from sphc.wigner (PAPER.md §2.3)."""
+    """f(rho) = sum (2l+1)/(8pi^2) f^l_{mn} conj(D^l_{mn}(rho)), D from sphc.wigner (docs/CONVENTIONS.md §4.1)."""
     D = wigner_D(L, alpha, beta, gamma)[:, :, L - N : L + N - 1]  # [l, L-1+m, N-1+n]
     c = (2 * np.arange(L) + 1) / (8 * np.pi**2)
     return complex(np.einsum("l,nlm,lmn->", c, flmn, np.conj(D)))
@@ -227,7 +227,7 @@ def test_real_inverse_is_the_real_part_for_any_coefficients() -> None:
 
 
 def test_left_multiplication_by_D_rotates_the_signal() -> None:
-    """(R_rho g)(rho') = g(rho^-1 rho') has coefficients D^l(rho) g^l (PAPER.md §2.3): rotated coefficients,
+    """(R_rho g)(rho') = g(rho^-1 rho') has coefficients D^l(rho) g^l (docs/CONVENTIONS.md §3.4): rotated coefficients,
     synthesised on the grid and off it, equal g evaluated at rho^-1 rho'."""
     L, N = 5, 5  # N = L: a rotated signal has all |n| <= l
     flmn = _random_flmn(L, N, real=False)

@@ -1,4 +1,4 @@
-"""Wigner d/D against pyssht (the oracle for PAPER.md §2.2's convention), plus group properties."""
+"""Wigner d/D against pyssht (the oracle for docs/CONVENTIONS.md §3.2's convention), plus group properties."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Equivariance measurement: the product's promise, as a reusable library (e3nn's util/test.py idea).
 
 A rotation ρ = (α, β, γ) (ZYZ) acts on any harmonic signal of the runtime layout by
-``x[..., l, :, t] → D^l(ρ) x[..., l, :, t]`` with exact Wigner-D matrices (PAPER.md §2.2, §3.1), and
+``x[..., l, :, t] → D^l(ρ) x[..., l, :, t]`` with exact Wigner-D matrices (docs/CONVENTIONS.md §3.4), and
 on MW samples by transforming, rotating the coefficients and synthesising again (exact for
 bandlimited signals). ``layer_equivariance_error`` compares ``layer(R x)`` with ``R layer(x)``;
 ``model_invariance_error`` compares ``model(R f)`` with ``model(f)`` for invariant models.

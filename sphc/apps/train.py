@@ -1,6 +1,6 @@
 """Training and evaluation of compiled models on Spherical MNIST (``sphc train``).
 
-The experiment of the paper's first table (PAPER.md §6.1): train on non-rotated (NR) or rotated (R)
+The experiment of the paper's first table (docs/CONVENTIONS.md §10): train on non-rotated (NR) or rotated (R)
 digits, test on both. A run lives in one directory: ``checkpoint.pt`` (written atomically every
 ``checkpoint_every`` steps and at every epoch end, so an interrupted run resumes losing at most one
 interval) and ``metrics.json``; ``sphc train --plots`` adds PNG pictures (``plots.py``). The planar baseline (``baseline=

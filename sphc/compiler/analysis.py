@@ -1,7 +1,7 @@
 """Stage 3, IR → Analysis: the type of every signal, the tensor-product paths, and the costs.
 
 Works on types alone (no tensors), like e3nn-jax's shape-only evaluation: for each layer it
-computes the incoming and outgoing ``SignalType`` (PAPER.md §3.1: channels C, and per degree l
+computes the incoming and outgoing ``SignalType`` (docs/CONVENTIONS.md §6: channels C, and per degree l
 the columns — fragments — it occupies), the CG paths (l1, l2, l) with their column pairs, and
 parameter / multiply-add / activation-memory counts. ``sphc explain`` prints this, the planner
 turns it into constructor arguments, and the runtime's parameter count is tested against it.
@@ -46,7 +46,7 @@ class SignalType:
         return f"{self.C}×τ[{min(t)}..{max(t)}] Στ={sum(t)}"
 
     def harmonic_elements(self) -> int:
-        """Complex numbers the runtime stores per example (padded layout, PAPER.md §5.5 style)."""
+        """Complex numbers the runtime stores per example (padded layout, docs/CONVENTIONS.md §6)."""
         return self.C * self.L * (2 * self.L - 1) * self.width
 
 

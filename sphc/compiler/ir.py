@@ -15,7 +15,7 @@ from sphc.errors import Span
 
 
 class Domain(Enum):
-    """What a signal between two layers is (PAPER.md §3.1)."""
+    """What a signal between two layers is (docs/CONVENTIONS.md §6)."""
 
     S2 = "s2"  # one fragment per degree and channel: f_lm
     SO3 = "so3"  # 2N-1 fragments per degree (columns n), τ_l = min(2l+1, 2N-1)
@@ -24,7 +24,7 @@ class Domain(Enum):
 
 
 class Mixing(Enum):
-    """Degree-mixing set P^l of a tensor-product activation (PAPER.md §4.3)."""
+    """Degree-mixing set P^l of a tensor-product activation (docs/CONVENTIONS.md §8)."""
 
     FULL = "full"
     MST = "mst"
@@ -66,7 +66,7 @@ class S2Conv:
 
 @dataclass(frozen=True, slots=True)
 class SO3Conv:
-    """SO(3) → SO(3) harmonic convolution: (f⋆ψ)^l_mn = Σ_k f^l_mk conj(ψ^l_nk) (PAPER.md §3.2)."""
+    """SO(3) → SO(3) harmonic convolution: (f⋆ψ)^l_mn = Σ_k f^l_mk conj(ψ^l_nk) (docs/CONVENTIONS.md §7.2)."""
 
     C: int
     L: int
@@ -85,7 +85,7 @@ class ZonalConv:
 
 @dataclass(frozen=True, slots=True)
 class Pointwise:
-    """An activation applied to the MW samples of an S² or SO(3) signal (PAPER.md §3.4).
+    """An activation applied to the MW samples of an S² or SO(3) signal (docs/CONVENTIONS.md §7.7).
 
     Only approximately equivariant: no sampling of the sphere is rotation invariant and the
     activation breaks the bandlimit. ``oversample`` evaluates it on a grid that many times finer
@@ -99,7 +99,7 @@ class Pointwise:
 
 @dataclass(frozen=True, slots=True)
 class TensorProduct:
-    """Clebsch–Gordan tensor-product activation over a degree-mixing set (PAPER.md §3.3).
+    """Clebsch–Gordan tensor-product activation over a degree-mixing set (docs/CONVENTIONS.md §7.4).
 
     ``cross=False`` is Cobb et al.'s channel-wise product; ``cross=True`` multiplies fragments of
     all channels with each other (Kondor et al.'s layer, O(C²) more work).
@@ -113,7 +113,7 @@ class TensorProduct:
 
 @dataclass(frozen=True, slots=True)
 class GenConv:
-    """Constrained generalized convolution (PAPER.md §4.2): uniform → channel-wise → cross-channel."""
+    """Constrained generalized convolution (docs/CONVENTIONS.md §7.5): uniform → channel-wise → cross-channel."""
 
     K: int
     tau: int

@@ -1,8 +1,8 @@
 """Degree-mixing sets P^l: which (l1, l2) pairs a tensor product computes for output degree l.
 
-PAPER.md §4.3. All three rules work on *active* input degrees (those with at least one
+docs/CONVENTIONS.md §8. All three rules work on *active* input degrees (those with at least one
 fragment) and return unordered pairs l1 <= l2 (the swapped pair carries the same information,
-PAPER.md §2.4), sorted, so the result is deterministic.
+docs/CONVENTIONS.md §5.2), sorted, so the result is deterministic.
 
 * ``full``: every pair with |l1 - l2| <= l <= l1 + l2 — O(L²) pairs per l.
 * ``mst``: per output degree, a minimum spanning forest of the graph whose nodes are the input

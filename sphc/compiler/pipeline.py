@@ -1,7 +1,7 @@
 """The one driver: text → AST → IR → analysis → plan → Python, as named stages.
 
 ``--emit NAME`` stops after stage NAME and prints its canonical dump, so every intermediate
-form can be inspected (tinygrad's and Triton's habit, shared/docs/STYLE.md §3.2).
+form can be inspected (tinygrad's and Triton's habit).
 """
 
 from __future__ import annotations

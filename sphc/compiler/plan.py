@@ -188,7 +188,9 @@ def wrap(items: list[str], indent: int) -> tuple[str, ...]:
     return tuple(lines)
 
 
-def call_lines(head: str, kwargs: dict[str, str], indent: int, notes: tuple[str, ...] = ()) -> tuple[str, ...]:
+def call_lines(
+    head: str, kwargs: dict[str, str], indent: int, notes: tuple[str, ...] = ()
+) -> tuple[str, ...]:
     """``head(k=v, ...)`` on one line with the first note that fits as a trailing comment; else the
     arguments on one line of their own, else one per line (with the shortest note after the head)."""
     args = ", ".join(f"{k}={v}" for k, v in kwargs.items())
@@ -272,7 +274,12 @@ def _(layer: ir.FullGenConv, ctx: Context):
 @constructor.register
 def _(layer: ir.Norm, ctx: Context):
     t = ctx.info.t_in
-    return "Norm", {"C": repr(t.C), "cols": ctx.cols(t), "eps": repr(layer.eps), "momentum": repr(layer.momentum)}
+    return "Norm", {
+        "C": repr(t.C),
+        "cols": ctx.cols(t),
+        "eps": repr(layer.eps),
+        "momentum": repr(layer.momentum),
+    }
 
 
 @constructor.register
@@ -414,8 +421,14 @@ def _layer_plan(ctx: Context) -> LayerPlan:
     if ctx.fused_prev:
         call = f"self.{ctx.attr}.after(self.{ctx.fused_prev}, x)"
     source = ir.dump_layer(ctx.info.layer)
-    notes = (f"line {span.line}: {source}", f"line {span.line}, col {span.col}", f"line {span.line}") if span else ()
-    return LayerPlan(attr=ctx.attr, lines=call_lines(f"self.{ctx.attr} = rt.{ctor}", kwargs, 8, notes), call=call)
+    notes = (
+        (f"line {span.line}: {source}", f"line {span.line}, col {span.col}", f"line {span.line}")
+        if span
+        else ()
+    )
+    return LayerPlan(
+        attr=ctx.attr, lines=call_lines(f"self.{ctx.attr} = rt.{ctor}", kwargs, 8, notes), call=call
+    )
 
 
 def _with_sources_once(plans: list[KernelPlan]) -> tuple[KernelPlan, ...]:

@@ -169,6 +169,7 @@ def bake(module_plan, tuning: Tuning):
         "batch": int(d["batch"]),
     }
     kernels = tuple(
-        replace(k, specs=tuple(replace(s, baked=baked.get(s.name)) for s in k.specs)) for k in module_plan.kernels
+        replace(k, specs=tuple(replace(s, baked=baked.get(s.name)) for s in k.specs))
+        for k in module_plan.kernels
     )
     return replace(module_plan, kernels=kernels, tuned_for=repr(tuned_for))

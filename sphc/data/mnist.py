@@ -1,4 +1,4 @@
-"""Spherical MNIST: MNIST digits projected onto the MW grid, optionally rotated (PAPER.md §6.1).
+"""Spherical MNIST: MNIST digits projected onto the MW grid, optionally rotated (docs/CONVENTIONS.md §10).
 
 Why it is built this way:
 
@@ -17,7 +17,7 @@ Why it is built this way:
   Cohen's ``gendata.py`` differs in details sphc does not copy: its image spans [-1.5, 1.5]^2, every
   image is min-max rescaled to uint8, and one rotation is shared by each chunk of 500 digits.
 * **Rotations.** sphc rotates every digit independently by a Haar-random rotation. Rotating a signal
-  by R means (R f)(omega) = f(R^-1 omega) (PAPER.md §2.2), so the rotated digit is the unrotated
+  by R means (R f)(omega) = f(R^-1 omega) (docs/CONVENTIONS.md §3.4), so the rotated digit is the unrotated
   projection sampled at R^T omega. Matrices are R = Rz(alpha) Ry(beta) Rz(gamma) (ZYZ, as
   ``pyssht.make_rotation_matrix`` and ``sphc.apps.equivariance.random_rotation``).
 * **Cost.** Projection is torch ``grid_sample`` over chunks of images, each with its own point grid;
@@ -341,7 +341,7 @@ def random_rotations(n: int, seed: int) -> np.ndarray:
     """``n`` Haar-uniform rotation matrices (n, 3, 3) float64, a pure function of ``seed``.
 
     ZYZ Euler angles with alpha, gamma uniform on [0, 2 pi) and cos(beta) uniform on [-1, 1] give the
-    Haar measure sin(beta) d alpha d beta d gamma (PAPER.md §2.3).
+    Haar measure sin(beta) d alpha d beta d gamma (docs/CONVENTIONS.md §3.1).
     """
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
         raise SphcError(f"random_rotations: n must be a non-negative integer, got {n!r}")

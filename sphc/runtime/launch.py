@@ -97,10 +97,14 @@ class Tunable:
         """The launch arguments by parameter name."""
         return {**dict(zip(self.kernel.arg_names, args)), **kwargs}
 
-    def launch(self, grid: Callable[[dict], tuple[int, ...]], chosen: Config, args: tuple, kwargs: dict):
-        meta = chosen.kwargs
+    def launch(
+        self, grid: Callable[[dict], tuple[int, ...]], chosen: Config, args: tuple, kwargs: dict, extents=None
+    ):
+        """Launch once with ``chosen`` (a config of the space), fitted to ``extents``."""
+        fitted = fit(chosen, extents) if extents else chosen
+        meta = fitted.kwargs
         self.kernel[lambda _: grid(meta)](
-            *args, **kwargs, **meta, num_warps=chosen.num_warps, num_stages=chosen.num_stages
+            *args, **kwargs, **meta, num_warps=fitted.num_warps, num_stages=fitted.num_stages
         )
 
     def run(
@@ -113,25 +117,24 @@ class Tunable:
     ):
         """Launch with the config the module docstring's order picks, fitted to ``extents``
         (``kernel_spaces.fit``: block sizes shrunk to the problem this layer launches)."""
-        fitted = (lambda c: fit(c, extents)) if extents else (lambda c: c)
         chosen = config or _FORCED.get(self.name)
         if chosen is not None and config is None:
             _FORCED_RAN.add(self.name)
         if chosen is None and _RECORDER is not None:
-            chosen = _RECORDER.tune(self, grid, args, kwargs, fitted)
+            chosen = _RECORDER.tune(self, grid, args, kwargs, extents)
         if chosen is None and self.baked is not None and self._baked_applies(args):
             chosen = self.baked
         if chosen is None and (interpreting() or len(self.space) == 1):
             chosen = self.space[0]
         if chosen is not None:
-            self.launch(grid, fitted(chosen), args, kwargs)
+            self.launch(grid, chosen, args, kwargs, extents)
             return
         if self._autotuned is None:
             import triton
 
-            unique = list(dict.fromkeys(fitted(c) for c in self.space))  # fitting can merge configs
+            fitted = [fit(c, extents) if extents else c for c in self.space]
             self._autotuned = triton.autotune(
-                configs=[c.to_triton() for c in unique],
+                configs=[c.to_triton() for c in dict.fromkeys(fitted)],  # fitting can merge configs
                 key=list(self.key),
                 reset_to_zero=list(self.reset) or None,
             )(self.kernel)
@@ -231,8 +234,8 @@ class Recorder:
             self._bar.close()
             self._bar = None
 
-    def tune(self, tunable: Tunable, grid, args: tuple, kwargs: dict, fitted: Callable[[Config], Config]) -> Config:
-        """Time every config of the space (each fitted config once), launch nothing else; the winner."""
+    def tune(self, tunable: Tunable, grid, args: tuple, kwargs: dict, extents=None) -> Config:
+        """Time every config of the space (configs that fit to the same one are timed once); the winner."""
         if tunable.name in self.records:
             return self.records[tunable.name].best
         named = tunable.arguments(args, kwargs)
@@ -242,23 +245,23 @@ class Recorder:
         bar = self._progress()
         bar.set_postfix_str(tunable.name)
         for cfg in tunable.space:
-            run = fitted(cfg)
-            if run not in measured:
+            fitted = fit(cfg, extents) if extents else cfg
+            if fitted not in measured:
 
-                def trial(run: Config = run) -> None:
+                def trial(cfg: Config = cfg) -> None:
                     for t in resets:
                         t.zero_()
-                    tunable.launch(grid, run, args, kwargs)
+                    tunable.launch(grid, cfg, args, kwargs, extents)
 
                 try:
-                    measured[run] = do_bench(trial)
+                    measured[fitted] = do_bench(trial)
                 except Exception as e:  # a config that does not compile or launch (e.g. out of resources)
                     first = str(e).strip().splitlines()
-                    measured[run] = type(e).__name__ + (f": {first[0]}" if first else "")
+                    measured[fitted] = type(e).__name__ + (f": {first[0]}" if first else "")
             bar.update(1)
-        times = {c.describe(): measured[fitted(c)] for c in tunable.space}
-        errors = {d: t for d, t in times.items() if isinstance(t, str)}
-        times = {d: t for d, t in times.items() if not isinstance(t, str)}
+        results = {c.describe(): measured[fit(c, extents) if extents else c] for c in tunable.space}
+        errors = {d: t for d, t in results.items() if isinstance(t, str)}
+        times = {d: t for d, t in results.items() if not isinstance(t, str)}
         if not times:
             raise RuntimeError(f"kernel {tunable.name}: no config of its space ran: {errors}")
         best = min((c for c in tunable.space if c.describe() in times), key=lambda c: times[c.describe()])

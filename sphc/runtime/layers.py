@@ -62,7 +62,7 @@ class PackedWeight(nn.Module):
     Only free entries are parameters (so ``numel`` counts exactly what is learned); ``forward()``
     gathers them into the padded tensor. ``real_axes`` names axes indexed by a centred n (the
     SO(3) column axes): the weight is then constrained to W[-n] = (-1)^(Σn) conj(W[n]), which is
-    what a *real* filter's harmonic coefficients satisfy (PAPER.md §2.3), so real S² / SO(3)
+    what a *real* filter's harmonic coefficients satisfy (docs/CONVENTIONS.md §7.1–§7.2), so real S² / SO(3)
     signals stay real and pointwise activations on their samples are well defined. Each mirror
     pair then stores one complex number and a self-mirrored entry (all n = 0) one real number.
     Initialised normal with standard deviation ``std`` (broadcast against the mask).
@@ -157,7 +157,7 @@ class InputSHT(nn.Module):
 
 
 class S2Conv(nn.Module):
-    """S² → SO(3): y^l_{m,n} = f_lm W^l_{c,k,n} summed over input channels (PAPER.md §3.2).
+    """S² → SO(3): y^l_{m,n} = f_lm W^l_{c,k,n} summed over input channels (docs/CONVENTIONS.md §7.1).
 
     ``W^l_n`` stands for 8π²/(2l+1) conj(ψ_ln) of a learned *real* filter ψ on the sphere (learning W
     directly is the same family of maps without the constant), so a real input gives a real SO(3)
@@ -176,7 +176,7 @@ class S2Conv(nn.Module):
 
 
 class SO3Conv(nn.Module):
-    """SO(3) → SO(3): y^l_{m,n} = Σ_{c,n'} f^l_{c,m,n'} W^l_{c,k,n,n'} (W = conj ψ, PAPER.md §3.2).
+    """SO(3) → SO(3): y^l_{m,n} = Σ_{c,n'} f^l_{c,m,n'} W^l_{c,k,n,n'} (W = conj ψ, docs/CONVENTIONS.md §7.2).
 
     ψ is a real filter on SO(3), so real signals stay real (see ``PackedWeight``).
     """
@@ -198,7 +198,7 @@ class SO3Conv(nn.Module):
 class ZonalConv(nn.Module):
     """S² → S² with axisymmetric filters: y_lm = Σ_c f_lm w^l_{c,k}, one real weight per degree.
 
-    w^l stands for √(4π/(2l+1)) ψ_l0 of a real zonal filter ψ (Esteves et al., PAPER.md §3.2).
+    w^l stands for √(4π/(2l+1)) ψ_l0 of a real zonal filter ψ (Esteves et al., docs/CONVENTIONS.md §7.3).
     """
 
     def __init__(self, C_in: int, C: int, L_in: int, L: int):
@@ -227,7 +227,7 @@ class S2Pointwise(nn.Module):
     S² signals reaching this layer are real (real input, real filters), so the samples are real.
     With ``oversample`` = k the coefficients are zero-padded to bandlimit kL before synthesis, σ acts
     on the k²-times denser grid, and the result is bandlimited back to L: less aliasing, hence a
-    smaller equivariance error (docs/CONVENTIONS.md, pointwise layers).
+    smaller equivariance error (docs/CONVENTIONS.md §7.7).
     """
 
     def __init__(self, L: int, act: str, oversample: int = 1):
@@ -266,7 +266,7 @@ class SO3Pointwise(nn.Module):
 
 
 class TensorProduct(nn.Module):
-    """Channel-wise Clebsch–Gordan tensor product over the layer's paths (PAPER.md §3.3).
+    """Channel-wise Clebsch–Gordan tensor product over the layer's paths (docs/CONVENTIONS.md §7.4).
 
     For every path (l1, l2, l), column pair (i, j) and CG entry with m = m1 + m2:
     ``out[l, m, col(path, i, j)] += C^{lm}_{l1 m1, l2 m2} x[l1, m1, i] x[l2, m2, j]``.
@@ -372,7 +372,7 @@ def _fan_std(fan: np.ndarray) -> np.ndarray:
 
 
 class GenConv(nn.Module):
-    """Constrained generalized convolution (PAPER.md §4.2), three linear maps per degree l:
+    """Constrained generalized convolution (docs/CONVENTIONS.md §7.5), three linear maps per degree l:
 
     uniform ``A = X U^l`` (one matrix shared by all channels, shrinks the many TP fragments to
     ``tau_u``), channel-wise ``B_c = A_c V^l_c`` (tau_u → tau), cross-channel
@@ -477,7 +477,7 @@ class Norm(nn.Module):
 
     ‖f‖² sums |f_lm|² over m, which rotations leave unchanged, so scaling by any function of it
     is equivariant. E is the batch mean in training and a running mean in evaluation (the
-    CGNet normalisation of PAPER.md §3.3, with a learned scale).
+    CGNet normalisation of docs/CONVENTIONS.md §7.8, with a learned scale).
     """
 
     def __init__(self, C: int, cols: layout.Cols, eps: float, momentum: float):

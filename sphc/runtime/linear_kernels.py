@@ -58,7 +58,9 @@ class LinearKernels:
     def _fail(self, what: str, hint: str | None = None) -> SphcError:
         return SphcError(f"linear kernels {self.name}: {what}", hint=hint)
 
-    def _check_signal(self, t: torch.Tensor, arg: str, ch: int, L: int, cols: int, B: int | None = None) -> int:
+    def _check_signal(
+        self, t: torch.Tensor, arg: str, ch: int, L: int, cols: int, B: int | None = None
+    ) -> int:
         M = 2 * L - 1
         want = ("B" if B is None else B, ch, L, M, cols)
         if t.dim() != 5 or tuple(t.shape[1:]) != want[1:] or (B is not None and t.shape[0] != B):

@@ -1,11 +1,11 @@
 """Launcher and index tables for the fused tensor-product kernels of ``templates/kernels/tp.py.j2``.
 
 The efficient generalized layer is a channel-wise CG tensor product followed by GenConv, whose
-first step contracts the many product columns with one matrix U per degree (PAPER.md §4.2). The
+first step contracts the many product columns with one matrix U per degree (docs/CONVENTIONS.md §7.5). The
 fused kernel forms, per output row (l, m) and path, the τ1×τ2 block of products
 ``Σ_{m1} C^{lm}_{l1 m1, l2 m-m1} f^{l1}_{m1,i} f^{l2}_{m-m1,j}`` in registers and immediately
 contracts it with ``W[p, i, j, :] = U[l, col(p, i, j), :]``, so the expanded fragment tensor
-(τ²·|P^l| columns per degree) is never written (ANCHORS.md, "Design takeaways": FlashTP and
+(τ²·|P^l| columns per degree) is never written (FlashTP and
 OpenEquivariance fuse the same way). Backward recomputes the block instead of storing it.
 
 Kernels work on a batch-last layout ``(L, 2L-1, T, re/im, B*C)``: a tile of one fragment across
@@ -66,7 +66,11 @@ def build_tables(L_out: int, width: int, paths, cg: np.ndarray) -> dict[str, tor
         row_off[p, L_out + l + 1 :] = start + len(m)
     arrays = {"path_start": path_start, "path_l12": l12, "col1": col1, "col2": col2, "row_off": row_off}
     tables = {k: torch.from_numpy(v) for k, v in arrays.items()}
-    return {**tables, "cg": torch.from_numpy(np.asarray(cg, dtype=np.float64)), "colmap": torch.from_numpy(colmap)}
+    return {
+        **tables,
+        "cg": torch.from_numpy(np.asarray(cg, dtype=np.float64)),
+        "colmap": torch.from_numpy(colmap),
+    }
 
 
 TABLE_NAMES = ("path_start", "path_l12", "col1", "col2", "row_off", "cg", "colmap")
@@ -173,7 +177,16 @@ class TPKernels:
         # per-(block, path) partial sums; blocks a larger BLOCK does not use stay zero
         gw = xt.new_zeros((cdiv(BC, min_block), sizes["PATHS"], Q, UP, 2))
         self.bwd.run(
-            lambda meta: (L_out, cdiv(BC, meta["BLOCK"])), x_in, w, gt, gx, gw, *index, BC, config=config, **sizes
+            lambda meta: (L_out, cdiv(BC, meta["BLOCK"])),
+            x_in,
+            w,
+            gt,
+            gx,
+            gw,
+            *index,
+            BC,
+            config=config,
+            **sizes,
         )
         gw = torch.view_as_complex(gw.sum(0))[..., :U].reshape(-1, U)
         flat = torch.zeros(L_out * u.shape[1] + 1, U, dtype=u.dtype, device=u.device)

@@ -1,6 +1,6 @@
 """Exact harmonic transforms on the McEwen-Wiaux (MW) grids of S^2 and SO(3), in torch.
 
-S^2 (spin 0), conventions of pyssht (Method='MW'; PAPER.md §2.1, §5.1):
+S^2 (spin 0), conventions of pyssht (Method='MW'; docs/CONVENTIONS.md §1.1, §2):
 
 * samples f[..., t, p] at theta_t = pi (2t+1) / (2L-1), phi_p = 2 pi p / (2L-1), an L x (2L-1) grid;
 * Y_lm(theta, phi) = sqrt((2l+1) / 4pi) d^l_{m0}(theta) e^{i m phi} (Condon-Shortley phase, orthonormal
@@ -9,8 +9,8 @@ S^2 (spin 0), conventions of pyssht (Method='MW'; PAPER.md §2.1, §5.1):
   (..., L, 2L-1) indexed [l, L-1+m] with zeros where |m| > l.  The model runtime uses the 2-D layout
   because it keeps m on its own axis, which the 1-D one scatters.
 
-SO(3), bandlimits (L, N) with 1 <= N <= L, conventions of the ``so3`` package and s2fft (PAPER.md §2.3,
-§5.2, §5.4):
+SO(3), bandlimits (L, N) with 1 <= N <= L, conventions of the ``so3`` package and s2fft (docs/CONVENTIONS.md §1.2,
+§4):
 
 * samples f[..., g, b, a] at gamma_g = 2 pi g / (2N-1), beta_b = pi (2b+1) / (2L-1), alpha_a = 2 pi a / (2L-1),
   a (2N-1) x L x (2L-1) grid, gamma outermost;
@@ -27,7 +27,7 @@ the cost of every pointwise layer.
 
 Algorithm (separation of variables): FFTs along phi (and gamma) give ring coefficients F_m(theta_t)
 (F_{nm}(beta_t)); theta is then a dense per-column contraction.  The S^2 forward matrix is the MW
-quadrature itself (PAPER.md §5.1: periodic extension in theta, FFT, convolution with the sin(theta)
+quadrature itself (docs/CONVENTIONS.md §2.3: periodic extension in theta, FFT, convolution with the sin(theta)
 weights, d(pi/2) factorisation) applied to unit vectors, so the transform equals ``pyssht.forward`` for
 any samples, bandlimited or not.  SO(3) applies the same quadrature as two L x L matrices (one per
 parity of m+n) followed by a table of d^l_{mn}(beta_t) shared with the inverse, so it equals the MW
@@ -86,7 +86,7 @@ def _sin_weights(L: int) -> np.ndarray:
 def _d_factorisation(L: int, x_even: np.ndarray, x_odd: np.ndarray) -> np.ndarray:
     """P[m, l, :] = i^{-m} sum_{m'} Delta^l_{m'm} Delta^l_{m'0} x[m', :], x = x_even or x_odd by m's parity.
 
-    With x[m', t] = e^{i m' theta_t} this is d^l_{m0}(theta_t) (PAPER.md §2.2).  The result is real by
+    With x[m', t] = e^{i m' theta_t} this is d^l_{m0}(theta_t) (docs/CONVENTIONS.md §3.3).  The result is real by
     symmetry of Delta; the imaginary part is checked and dropped so the tables stay real.
     """
     delta = half_pi_d(L)
@@ -599,7 +599,7 @@ def so3_quadrature(L: int) -> np.ndarray:
 
     int_0^pi F(beta) g(beta) sin(beta) dbeta = sum_{t',t} g(beta_t') Q[p, t', t] F(beta_t), for F sampled on
     the MW grid and extended to the circle by F(2pi - beta) = (-1)^p F(beta) (the pole ring once), as the
-    MW forward transforms do (PAPER.md §5.1, §5.2), and any trigonometric polynomial g of degree < L with
+    MW forward transforms do (docs/CONVENTIONS.md §2.3, §4.3), and any trigonometric polynomial g of degree < L with
     the same parity, e.g. d^l_{mn}.  Scaled by 4 pi^2, the alpha and gamma weights of the FFTs.
     """
     n = 2 * L - 1

@@ -1,4 +1,4 @@
-"""Wigner d- and D-matrices in the ssht / so3 / s2fft convention (PAPER.md §2.2).
+"""Wigner d- and D-matrices in the ssht / so3 / s2fft convention (docs/CONVENTIONS.md §3.2).
 
 Convention: ZYZ Euler angles (alpha, beta, gamma), R = Rz(alpha) Ry(beta) Rz(gamma), and
 D^l_{mn}(alpha, beta, gamma) = exp(-i m alpha) d^l_{mn}(beta) exp(-i n gamma), so that rotating a
