@@ -164,3 +164,27 @@ def test_convolutions_keep_real_signals_real():
         y = model.l1_s2conv(model.input(f))
         _assert_real_so3(y)
         _assert_real_so3(model.l2_so3conv(y))
+
+
+def _reality_error(y: torch.Tensor) -> float:
+    """How far a runtime-layout SO(3) signal is from real: f^l_{-m,-n} = (-1)^(m+n) conj f^l_{mn}."""
+    L, T = y.shape[2], y.shape[4]
+    m = torch.arange(2 * L - 1) - (L - 1)
+    n = torch.arange(T) - (T - 1) // 2
+    sign = (-1.0) ** (m[:, None] + n[None, :]).abs()
+    mirrored = sign * y.flip(3, 4).conj()
+    return float((y - mirrored).abs().max() / y.abs().max())
+
+
+def test_norm_keeps_so3_signals_real():
+    """Norm on an SO(3) signal shares γ between n and -n; independent scales would break reality."""
+    model = sphc.load(MODELS["norm"]).Model().double().train()
+    with torch.no_grad():
+        model.l2_norm.gamma.weight.uniform_(0.5, 2.0)  # distinct scales, no longer all ones
+    x = torch.randn(3, *model.input_shape, dtype=torch.float64)
+    before = model.l1_s2conv(model.input(x))
+    assert _reality_error(before) < 1e-12  # S2Conv's real filters give a real SO(3) signal ...
+    assert _reality_error(model(x)) < 1e-12  # ... and Norm keeps it real
+    gamma = model.l2_norm.gamma()
+    assert not torch.equal(gamma, torch.ones_like(gamma))
+    assert model.l2_norm.gamma.weight.numel() == sphc.check_source(MODELS["norm"]).layers[-1].params

@@ -218,7 +218,9 @@ def _(layer: ir.FullGenConv, t: SignalType):
 
 @analyze_layer.register
 def _(layer: ir.Norm, t: SignalType):
-    return t, t.C * sum(t.tau), t.C * _rows(t.L) * t.width, (), 0
+    # one learned scale per fragment; on SO(3) signals n and -n share one (docs/CONVENTIONS.md §7.8)
+    scales = sum((k + 1) // 2 for k in t.tau) if t.domain is ir.Domain.SO3 else sum(t.tau)
+    return t, t.C * scales, t.C * _rows(t.L) * t.width, (), 0
 
 
 @analyze_layer.register

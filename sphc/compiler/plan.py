@@ -274,12 +274,10 @@ def _(layer: ir.FullGenConv, ctx: Context):
 @constructor.register
 def _(layer: ir.Norm, ctx: Context):
     t = ctx.info.t_in
-    return "Norm", {
-        "C": repr(t.C),
-        "cols": ctx.cols(t),
-        "eps": repr(layer.eps),
-        "momentum": repr(layer.momentum),
-    }
+    kwargs = {"C": repr(t.C), "cols": ctx.cols(t), "eps": repr(layer.eps), "momentum": repr(layer.momentum)}
+    if t.domain is ir.Domain.SO3:
+        kwargs["mirror"] = "True"  # γ shared by n and -n: real SO(3) signals stay real
+    return "Norm", kwargs
 
 
 @constructor.register

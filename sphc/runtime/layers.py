@@ -480,14 +480,19 @@ class Norm(nn.Module):
     CGNet normalisation of docs/CONVENTIONS.md §7.8, with a learned scale).
     """
 
-    def __init__(self, C: int, cols: layout.Cols, eps: float, momentum: float):
+    def __init__(self, C: int, cols: layout.Cols, eps: float, momentum: float, mirror: bool = False):
         super().__init__()
         self.eps, self.momentum = eps, momentum
         width = layout.width(cols)
-        mask = np.broadcast_to(_col_mask(cols, width), (C, len(cols), width))
+        # mirror (SO(3) signals): column t and width-1-t (n and -n) share γ, so a real signal stays
+        # real (its |f_n|² and |f_-n|² are equal, so the normalisers already agree)
+        owner = np.minimum(np.arange(width), width - 1 - np.arange(width)) if mirror else np.arange(width)
+        own = np.arange(width) == owner
+        mask = np.broadcast_to(_col_mask(cols, width) & own, (C, len(cols), width))
         self.gamma = PackedWeight(mask, 0.0, complex_=False)
         with torch.no_grad():
             self.gamma.weight.fill_(1.0)
+        self.register_buffer("gamma_from", torch.from_numpy(owner), persistent=False)
         self.register_buffer("running_sq", torch.ones(C, len(cols), width))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -497,7 +502,8 @@ class Norm(nn.Module):
                 self.running_sq.lerp_(ms.detach().to(self.running_sq.dtype), self.momentum)
         else:
             ms = self.running_sq.to(x.real.dtype)
-        scale = self.gamma().to(x.real.dtype) * torch.rsqrt(ms + self.eps)
+        gamma = self.gamma()[..., self.gamma_from]
+        scale = gamma.to(x.real.dtype) * torch.rsqrt(ms + self.eps)
         return x * scale[None, :, :, None, :]
 
 
