@@ -110,8 +110,9 @@ def cg_pattern(l1: int, l2: int, l: int) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=65536)  # called per path by analysis, plan and the kernel tables
 def cg_pattern_size(l1: int, l2: int, l: int) -> int:
-    """``len(cg_pattern(l1, l2, l)[0])`` without building it."""
-    return sum(max(0, min(l1, m + l2) - max(-l1, m - l2) + 1) for m in range(-l, l + 1))
+    """``len(cg_pattern(l1, l2, l)[0])`` without building it (row m holds min(l1, m+l2) - max(-l1, m-l2) + 1)."""
+    m = np.arange(-l, l + 1)
+    return int(np.maximum(0, np.minimum(l1, m + l2) - np.maximum(-l1, m - l2) + 1).sum())
 
 
 def cg_offsets(paths) -> dict[tuple[int, int, int], int]:
