@@ -21,7 +21,7 @@ import scipy.io
 
 from sphc.apps import molecule_baselines as baselines
 from sphc.data import molecules as M
-from sphc.data.mnist import random_rotations
+from sphc.data.mnist import mw_grid_points, random_rotations
 from sphc.errors import SphcError
 
 Z_OF = {"H": 1, "C": 6, "N": 7, "O": 8, "F": 9, "S": 16}
@@ -391,7 +391,7 @@ def test_spheres_match_a_direct_per_point_evaluation(seed, power):
     L, radius = int(rng.integers(3, 9)), 0.4
     x = M.coulomb_spheres(mols, L, radius, power)
     assert x.shape == (6, 11, 5, L, 2 * L - 1) and x.dtype == np.float32
-    exact = M.sphere_potentials(mols, M.mw_grid_points(L), radius, power)
+    exact = M.sphere_potentials(mols, mw_grid_points(L), radius, power)
     for _ in range(25):
         m, t, p = int(rng.integers(6)), int(rng.integers(L)), int(rng.integers(2 * L - 1))
         i = int(rng.integers(mols.n_atoms[m]))
@@ -414,7 +414,7 @@ def test_padding_contributes_nothing(seed):
         mols.elements,
         mols.source,
     )
-    grid = M.mw_grid_points(6)
+    grid = mw_grid_points(6)
     narrow, padded = M.sphere_potentials(mols, grid, 0.45), M.sphere_potentials(wide, grid, 0.45)
     assert (padded[:, 7:] == 0).all() and (padded[~wide.mask] == 0).all()
     np.testing.assert_allclose(padded[:, :7], narrow, rtol=1e-13, atol=0, err_msg=f"seed {seed}")
@@ -430,7 +430,7 @@ def test_permuting_atoms_permutes_spheres(seed):
     mols = random_molecules(rng, 6, width=12)  # permutations mix atoms and padding slots
     perm = np.array([rng.permutation(12) for _ in range(6)])
     moved = M.permute_atoms(mols, perm)
-    grid = M.mw_grid_points(5)
+    grid = mw_grid_points(5)
     before, after = M.sphere_potentials(mols, grid, 0.45), M.sphere_potentials(moved, grid, 0.45)
     expected = np.take_along_axis(before, perm[:, :, None, None, None], 1)
     np.testing.assert_allclose(after, expected, rtol=1e-13, atol=0, err_msg=f"seed {seed}")
@@ -446,7 +446,7 @@ def test_rotated_molecule_spheres_are_the_potentials_at_rotated_points(seed):
     L, radius = 7, 0.45
     R = random_rotations(1, seed)[0]
     rotated = M.coulomb_spheres(M.rotate(mols, R), L, radius)
-    grid = M.mw_grid_points(L)
+    grid = mw_grid_points(L)
     at_rotated_points = M.sphere_potentials(mols, grid @ R, radius)  # row-vector u R = (R^T u)^T
     np.testing.assert_allclose(rotated, at_rotated_points, rtol=1e-6, atol=0, err_msg=f"seed {seed}")
     for _ in range(10):  # and against the plain loop, independently of sphere_potentials

@@ -50,7 +50,6 @@ from typing import Literal
 import numpy as np
 
 from sphc.cache import load_or_compute
-from sphc.data.mnist import _check_L, mw_grid_points
 from sphc.errors import SphcError
 
 #: Bump when anything that changes parsed molecules or spheres changes; old cache entries are missed.
@@ -164,6 +163,18 @@ def fold_indices(mols: Molecules, fold: int) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------ building the record
 
 
+def _pad(charges: Sequence[np.ndarray], positions: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ragged per-molecule atoms as padded (n, A) charges and (n, A, 3) positions, atoms first."""
+    n = len(charges)
+    width = max((len(c) for c in charges), default=1)
+    z = np.zeros((n, width), np.int64)
+    p = np.zeros((n, width, 3), np.float64)
+    for k, (c, x) in enumerate(zip(charges, positions, strict=True)):
+        z[k, : len(c)] = c
+        p[k, : len(c)] = x
+    return z, p
+
+
 def _pack(
     charges: Sequence[np.ndarray],
     positions: Sequence[np.ndarray],
@@ -173,14 +184,20 @@ def _pack(
     elements: tuple[str, ...],
     source: str,
 ) -> Molecules:
-    n = len(charges)
-    width = max((len(c) for c in charges), default=1)
-    z = np.zeros((n, width), np.int64)
-    p = np.zeros((n, width, 3), np.float64)
-    for k, (c, x) in enumerate(zip(charges, positions, strict=True)):
-        z[k, : len(c)] = c
-        p[k, : len(c)] = x
+    z, p = _pad(charges, positions)
     return Molecules(z, p, np.asarray(energy, np.float64), fold, np.asarray(ids, np.int64), elements, source)
+
+
+def _closest_pairs(positions: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """float64 (n,): each molecule's smallest interatomic distance (inf below two atoms), chunked."""
+    out = np.empty(len(mask))
+    eye = np.eye(mask.shape[1], dtype=bool)
+    for start in range(0, len(mask), chunk):
+        m, p = mask[start : start + chunk], positions[start : start + chunk]
+        d = np.linalg.norm(p[:, :, None] - p[:, None], axis=-1)
+        d[~(m[:, :, None] & m[:, None, :]) | eye] = np.inf
+        out[start : start + chunk] = d.min(axis=(1, 2), initial=np.inf)
+    return out
 
 
 def _check_geometry(positions: np.ndarray, where: str) -> None:
@@ -252,7 +269,7 @@ def _literal_list(text: str) -> object:
 def _parse_qm9_csv(path: Path) -> dict[str, np.ndarray]:
     """One QM9 CSV as flat arrays: per molecule index, atom count, U0; per atom charge and position."""
     csv.field_size_limit(sys.maxsize)  # the frequency and population columns are long
-    ids, counts, u0, charges, xyz = [], [], [], [], []
+    ids, counts, u0, charges, xyz, lines = [], [], [], [], [], []
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
@@ -277,10 +294,16 @@ def _parse_qm9_csv(path: Path) -> dict[str, np.ndarray]:
                 u0.append(mol[3])
                 charges.append(mol[1])
                 xyz.append(mol[2])
+                lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise SphcError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from None
     if not ids:
         raise SphcError(f"{path}: no molecules after the header")
+    # Geometry is checked for the whole file at once; the first bad molecule gets the per-molecule message.
+    z, p = _pad(charges, xyz)
+    bad = ~np.isfinite(p).all(axis=(1, 2)) | (_closest_pairs(p, z > 0) < MIN_ATOM_DISTANCE)
+    for k in np.flatnonzero(bad)[:1]:
+        _check_geometry(xyz[k], f"{path}:{lines[k]} (molecule {ids[k]})")
     return {
         "ids": np.array(ids, np.int64),
         "n_atoms": np.array(counts, np.int64),
@@ -302,7 +325,7 @@ def _parse_qm9_row(
         symbols = json.loads(elements.replace("'", '"'))
     except json.JSONDecodeError:
         symbols = None
-    if not isinstance(symbols, list) or not all(isinstance(s, str) for s in symbols):
+    if not isinstance(symbols, list):
         raise SphcError(f"{where}: Elements {elements[:60]!r} is not a list of element symbols")
     try:
         xyz = np.array(_literal_list(positions), dtype=np.float64)
@@ -321,9 +344,7 @@ def _parse_qm9_row(
         raise SphcError(f"{where}: InternalEnergy_0K_au {energy!r} is not a number") from None
     if not math.isfinite(u0):
         raise SphcError(f"{where}: InternalEnergy_0K_au is {energy!r}, expected a finite energy")
-    charges = _charges_of(symbols, QM9_ELEMENTS, where)
-    _check_geometry(xyz, where)
-    return idx, charges, xyz, u0
+    return idx, _charges_of(symbols, QM9_ELEMENTS, where), xyz, u0
 
 
 def _file_key(path: Path) -> tuple:
@@ -689,13 +710,9 @@ def _pair_offsets(mols: Molecules) -> tuple[np.ndarray, np.ndarray]:
     return mols.positions[:, :, None] - mols.positions[:, None, :], valid
 
 
-def min_interatomic_distance(mols: Molecules, chunk: int = 4096) -> float:
+def min_interatomic_distance(mols: Molecules) -> float:
     """The smallest distance between two atoms of one molecule over the whole set (Å)."""
-    best = np.inf
-    for start in range(0, len(mols), chunk):
-        delta, valid = _pair_offsets(mols.take(np.arange(start, min(len(mols), start + chunk))))
-        d = np.where(valid, np.linalg.norm(delta, axis=-1), np.inf)
-        best = min(best, float(d.min(initial=np.inf)))
+    best = float(_closest_pairs(mols.positions, mols.mask).min(initial=np.inf))
     if not np.isfinite(best):
         raise SphcError(f"{mols.source}: no molecule has two atoms, so no sphere radius can be derived")
     return best
@@ -745,6 +762,8 @@ def sphere_potentials(mols: Molecules, directions: np.ndarray, radius: float, po
 
 def _sphere_chunks(mols: Molecules, L: int, radius: float, power: int, chunk: int, progress: bool):
     """(start, molecules, float32 spheres) per chunk; chunks drop trailing padding slots they do not need."""
+    from sphc.data.mnist import _check_L, mw_grid_points  # here: mnist imports torch, loading needs none
+
     _check_L(L, "coulomb_spheres")
     if isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer)) or chunk < 1:
         raise SphcError(f"coulomb_spheres: chunk must be a positive integer, got {chunk!r}")
@@ -795,6 +814,8 @@ def molecule_spheres(
     ``radius`` None is ``default_radius(mols)``: compute spheres for all folds together so every fold
     shares it. The cache stores only real atoms; the result is padded again on the way out.
     """
+    from sphc.data.mnist import _check_L
+
     _check_L(L, "molecule_spheres")
     radius = default_radius(mols) if radius is None else radius
     mask = mols.mask
