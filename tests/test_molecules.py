@@ -379,6 +379,11 @@ def test_xyz_errors(tmp_path):
     (d / "b.xyz").write_bytes(b"\x89PNG\r\n\x1a\n\xff")
     _expect(r"b\.xyz: cannot read \(UnicodeDecodeError", M.load_xyz_dir, d)
     _expect(r"absent: no such file or directory", M.load_molecules, tmp_path / "absent")
+    _expect(r"expected 'qm9', a \.mat file", M.load_molecules, d / "a.xyz")
+    _expect(r"elements must be distinct element symbols .* got H Xx", M.load_xyz_dir, d, ("H", "Xx"))
+    _expect(
+        r"molecule source qm9: its elements are H C N O F, got H C", M.load_molecules, "qm9", elements="HC"
+    )
 
 
 # ------------------------------------------------------------------------------------------ spheres

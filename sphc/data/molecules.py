@@ -19,7 +19,7 @@ Why it is built this way:
 * **Representation.** Around atom i a sphere of radius r; on it, one channel per element z,
   U_z(x) = sum over atoms j != i of element z of Z_i Z_j / |x - p_j|^p (p = 2 as Cohen et al.'s
   code, or 1), sampled on the MW grid (docs/CONVENTIONS.md, sampling). The default radius is half the
-  smallest interatomic distance in the data set: spheres of bonded atoms then never touch, and every
+  smallest interatomic distance in the data set: spheres of two atoms then never overlap, and every
   other atom stays at least r away from the sphere, so the potential is smooth at the grid's
   resolution and rotating the molecule moves it rather than aliasing a near-singular spike. The same
   radius must serve every fold (it is a property of the representation, like L), so it is computed
@@ -442,9 +442,8 @@ def _select(
     seed = _check_seed(seed)
     idx = np.arange(n)
     if max_heavy_atoms is not None:
-        if isinstance(max_heavy_atoms, bool) or not isinstance(max_heavy_atoms, (int, np.integer)):
-            raise SphcError(f"max_heavy_atoms must be a positive integer or None, got {max_heavy_atoms!r}")
-        if max_heavy_atoms < 1:
+        k = max_heavy_atoms
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise SphcError(f"max_heavy_atoms must be a positive integer or None, got {max_heavy_atoms!r}")
         idx = idx[heavy <= max_heavy_atoms]
         if subset is None:
@@ -648,14 +647,23 @@ def load_molecules(
 ) -> Molecules:
     """``"qm9"`` (the qm9pack wheel), a ``qm7.mat``-style file, or a directory of ``.xyz`` files.
 
-    ``elements`` (channel order) applies to xyz directories only; QM9 is H C N O F, QM7 H C N O S.
+    ``elements`` (the allowed elements, in channel order) is free for xyz directories (default
+    H C N O F); QM9 is always H C N O F and QM7 H C N O S.
     """
+
+    def fixed(allowed: tuple[str, ...]) -> None:
+        if elements is not None and tuple(elements) != allowed:
+            got = " ".join(map(str, elements))
+            raise SphcError(f"molecule source {source}: its elements are {' '.join(allowed)}, got {got}")
+
     if str(source) == "qm9":
+        fixed(QM9_ELEMENTS)
         return load_qm9(subset, max_heavy_atoms, seed, progress=progress)
     path = Path(source).expanduser()
     if path.is_dir():
         return load_xyz_dir(path, elements or QM9_ELEMENTS, subset, max_heavy_atoms, seed)
     if path.suffix == ".mat" and path.is_file():
+        fixed(QM7_ELEMENTS)
         return load_qm7_mat(path, subset, max_heavy_atoms, seed)
     if not path.exists():
         raise SphcError(f"molecule source {path}: no such file or directory (or use 'qm9')")
