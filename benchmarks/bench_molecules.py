@@ -83,7 +83,7 @@ def bench_load(runs: int) -> str:
             "csv.reader pass, nothing kept",
         ),
         ("warm: read cache", fmt_s(median(warm)), fmt_s(median(read)), "read the cache entry's bytes"),
-        ("(import sphc.data.molecules, not included)", fmt_s(median(imports)), "", "imports torch via mnist"),
+        ("(import sphc.data.molecules, not included)", fmt_s(median(imports)), "", "torch-free"),
     ]
     return table(
         ("full QM9 load (in-process)", "median", "floor", "floor is"),
