@@ -359,9 +359,10 @@ def s2_table_bytes(L: int, inverse: bool = True) -> int:
 
 
 def so3_table_bytes(L: int, N: int) -> int:
-    """An upper bound on the float32 bytes of the SO(3) tables: Wigner d^l_mn(β) for |n| < N, packed
-    by symmetry in the runtime (measured 0.24–0.8 of this bound, tests/test_limits.py)."""
-    return (2 * N - 1) * L**3 * 4
+    """An upper bound on the bytes of the float32 SO(3) tables: Wigner d^l_mn(β) for |n| < N (packed
+    by symmetry in the runtime), the β quadrature and the index tables; 1.1–4.2× the runtime's
+    ``SO3Tables`` (tests/test_limits.py)."""
+    return 4 * ((2 * N - 1) * L**3 + 3 * L * L) + 100 * (2 * N - 1) * (2 * L - 1)
 
 
 def _pointwise_bytes(info: LayerInfo) -> tuple[int, int]:
