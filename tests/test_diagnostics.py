@@ -359,3 +359,9 @@ def test_wrong_input_dtype_is_a_located_error_naming_the_shape(small_model, dtyp
     assert err.span is not None and (err.span.line, err.span.col) == (2, 3)
     assert str(dtype) in err.message
     assert "2, 6, 11" in err.message, err.render()
+
+
+def test_leading_zeros_do_not_count_as_digits():
+    """Python's int() counts them towards its 4,300-digit limit; sphc strips them first."""
+    model = sphc.check_source("Input s2 L=" + "0" * 5000 + "8 -> S2Conv C=" + "0" * 40 + "2").model
+    assert model.input.L == 8 and model.layers[0].C == 2

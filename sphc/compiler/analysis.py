@@ -98,7 +98,7 @@ class Analysis:
     model: ir.Model
     input_type: SignalType
     layers: tuple[LayerInfo, ...]
-    size: ModelSize | None = None  # the figures the size limits bound (set by ``analyze``)
+    size: ModelSize  # the figures the size limits bound
 
     @property
     def params(self) -> int:
@@ -330,11 +330,10 @@ def _figure(name: str, value: float) -> str:
         return "unlimited"
     if not name.endswith("_bytes"):
         return f"{int(value):,}"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    raise AssertionError("unreachable")
+    units, i = ("B", "KiB", "MiB", "GiB", "TiB"), 0
+    while value >= 1024 and i < len(units) - 1:
+        value, i = value / 1024, i + 1
+    return f"{value:,.0f} B" if i == 0 else f"{value:,.1f} {units[i]}"
 
 
 def _refuse(name: str, value: int, limit: float, span: Span | None) -> None:
@@ -347,7 +346,7 @@ def _refuse(name: str, value: int, limit: float, span: Span | None) -> None:
     )
 
 
-def pointwise_grid(layer: ir.Pointwise, t: SignalType) -> tuple[int, int]:
+def _pointwise_grid(layer: ir.Pointwise, t: SignalType) -> tuple[int, int]:
     """(L, N) of the grid a pointwise layer samples on: oversampled, N capped at L (runtime layers.py)."""
     L = t.L * layer.oversample
     return L, min(t.N * layer.oversample, L)
@@ -370,7 +369,7 @@ def _pointwise_bytes(info: LayerInfo) -> tuple[int, int]:
     if not isinstance(info.layer, ir.Pointwise):
         return 0, 0
     t = info.t_in
-    L, N = pointwise_grid(info.layer, t)
+    L, N = _pointwise_grid(info.layer, t)
     if t.domain is ir.Domain.S2:
         return 4 * t.C * L * (2 * L - 1), s2_table_bytes(L)
     return 4 * t.C * (2 * N - 1) * L * (2 * L - 1), so3_table_bytes(L, N)
@@ -430,14 +429,13 @@ def explain_table(a: Analysis) -> str:
     inp = a.model.input
     lines.insert(0, f"input: {inp.C}×S² MW samples, L={inp.L}, shape ({inp.C}, {inp.L}, {2 * inp.L - 1})")
     lines.append(f"total parameters: {a.params:,} (real scalars; a complex weight counts 2)")
-    if a.size is not None:
-        limits, names = size_limits(), [f.name for f in fields(a.size)]
-        lines.append("size:   " + " · ".join(f"{_figure(n, getattr(a.size, n))} {_SHORT[n]}" for n in names))
-        lines.append(
-            "limits: "
-            + " · ".join(_figure(n, getattr(limits, n)) for n in names)
-            + ' (README "Limits"; --limit-scale K raises them)'
-        )
+    limits, names = size_limits(), [f.name for f in fields(a.size)]
+    lines.append("size:   " + " · ".join(f"{_figure(n, getattr(a.size, n))} {_SHORT[n]}" for n in names))
+    lines.append(
+        "limits: "
+        + " · ".join(_figure(n, getattr(limits, n)) for n in names)
+        + ' (README "Limits"; --limit-scale K raises them)'
+    )
     lines.append(
         "paths = CG (l1,l2,l) triples; MACs = complex multiply-adds per example; act/ex = float32 output"
     )

@@ -73,7 +73,8 @@ def _number(text: str, key: str | None, span: Span, source: str) -> int | float:
     """The literal's value; floats may overflow to inf (``lower`` rejects non-finite values)."""
     if any(c in text for c in ".eE"):
         return float(text)
-    digits = len(text.lstrip("+-").lstrip("0"))
+    body = text.lstrip("+-").lstrip("0") or "0"  # leading zeros count for int()'s 4,300-digit limit
+    digits = len(body)
     if digits > MAX_INT_DIGITS:
         what = f"the value of {key}" if key else "this integer"
         raise SphcError(
@@ -82,7 +83,7 @@ def _number(text: str, key: str | None, span: Span, source: str) -> int | float:
             hint='no parameter accepts a value anywhere near this size (README, "Limits")',
             source=source,
         )
-    return int(text)
+    return -int(body) if text.startswith("-") else int(body)
 
 
 def _build(tree: lark.Tree, file: str, source: str) -> ModelAST:
