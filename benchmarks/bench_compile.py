@@ -18,8 +18,8 @@ Baseline (optional, on by default): sympy's ``CG(...).doit()`` timed per coeffic
 sample, in its own fresh interpreter, then *extrapolated* linearly to each model's CG entry count
 (sphc's ``analysis`` count of (m, m1) pattern entries over all tensor-product paths).
 
-    /work/venv/bin/python benchmarks/bench_compile.py            # full (~1-2 min)
-    /work/venv/bin/python benchmarks/bench_compile.py --quick    # smoke run (~20 s)
+    python benchmarks/bench_compile.py            # full (~1-2 min)
+    python benchmarks/bench_compile.py --quick    # smoke run (~20 s)
 """
 
 from __future__ import annotations

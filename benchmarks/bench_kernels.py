@@ -58,7 +58,7 @@ columns, not the padded layout): forward = inputs read once + weights (U, V, X, 
 TP) read once + outputs written once; backward = output gradient + saved inputs + weights read once,
 input gradients + weight gradients written once (nothing recomputed is re-read).
 
-    /work/venv/bin/python benchmarks/bench_kernels.py --cpu-quick           # CPU, ~2 min
+    python benchmarks/bench_kernels.py --cpu-quick           # CPU, ~2 min
     python benchmarks/bench_kernels.py --json out.json                      # GPU sizes (CUDA)
     python benchmarks/bench_kernels.py --parts growth --growth-L 8 16 32 64 # one part
 """

@@ -30,8 +30,8 @@ full / mst / rmst mixing sets (tau = 2 columns per degree, C = 4, batch 4), with
 fitted over the measured L next to the paper's O(L^5) / O(L^4) / O(L^3 log L) claims. The analytic
 complex multiply-add count of ``sphc explain`` is fitted the same way, as the noise-free reference.
 
-    /work/venv/bin/python benchmarks/bench_layer.py           # full, ~3-5 min (e3nn dominates)
-    /work/venv/bin/python benchmarks/bench_layer.py --quick   # smoke run (~1 min, no e3nn)
+    python benchmarks/bench_layer.py           # full, ~3-5 min (e3nn dominates)
+    python benchmarks/bench_layer.py --quick   # smoke run (~1 min, no e3nn)
 """
 
 from __future__ import annotations
