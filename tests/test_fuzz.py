@@ -522,28 +522,5 @@ def test_would_hang_inputs_end_quickly_in_bounded_memory():
         assert seconds < 5, f"{seconds} s for {text[:120]!r}"
 
 
-def test_a_thousand_layer_chain_and_the_readme_sketch_are_not_refused():
-    for text in ("Input s2 L=4 -> S2Conv C=2 N=2" + " -> SO3Conv" * 1000, SKETCH):
-        assert check_bounded(text) is not None
-
-
-@_settings(30)
-@given(st.one_of(mutated(max_mutations=2), token_soup()))
-def test_valid_mutants_round_trip_through_ir_dump(text: str):
-    """Whatever lowers, ``ir.dump`` prints as canonical text that lowers to the same IR."""
-    try:
-        model = lower.lower(syntax.parse(text, "fuzz.sph"))
-    except SphcError:
-        return
-    canonical = ir.dump(model)
-    again = lower.lower(syntax.parse(canonical, "canonical.sph"))
-    assert again == model
-    assert ir.dump(again) == canonical
-
-
-def test_mutation_helpers_cover_their_vocabulary():
-    assert "EfficientLayer" in LAYER_NAMES and "tau_u" in PARAM_NAMES and "mst" in ENUM_WORDS
-    kinds = {k for text in SEEDS for k, _ in tokens(text)}
-    assert {"comment", "ws", "arrow", "eq", "number", "name"} <= kinds
-    for text in SEEDS:
-        assert check_outcome(text) is not None  # the seeds themselves are valid models
+def test_a_thousand_layer_chain_is_not_refused():
+    assert check_bounded("Input s2 L=4 -> S2Conv C=2 N=2" + " -> SO3Conv" * 1000) is not None

@@ -17,7 +17,7 @@ from sphc.compiler import analysis, lower
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((REPO_ROOT / "examples").glob("*.sph"))
-SKETCH = "S2Conv L=32 -> TensorProduct mst -> GenConv K=8"  # the README's sketch, ~1 GiB per example
+SKETCH = "S2Conv L=32 -> TensorProduct mst -> GenConv K=8"  # the README's sketch
 CHAIN_1000 = "Input s2 L=4 -> S2Conv C=2 N=2" + " -> SO3Conv" * 1000 + " -> Invariant -> Dense 2"
 
 
@@ -36,10 +36,36 @@ def test_every_example_is_within_the_limits(path: Path):
         assert getattr(a.size, name) <= getattr(limits, name) / 10, name  # far inside: room to grow
 
 
-def test_the_readme_sketch_is_within_the_limits():
+def test_the_readme_sketch_needs_the_limit_scale_for_its_tensor_product_tables(monkeypatch):
+    """The sketch's S2Conv keeps N = L = 32 (63 fragments per degree), so its MST tensor product has
+    1.19 G (CG entry, column pair) terms: ~50 GB of index tables, a MemoryError in ``Model()`` on an
+    ordinary machine. It is refused at the tensor product; every other figure is inside its limit."""
+    err = _refusal(SKETCH)
+    assert "GiB of tables built by Model()" in err.message and (err.span.line, err.span.col) == (1, 16)
+    monkeypatch.setenv("SPHC_LIMIT_SCALE", "16")
     a = sphc.check_source(SKETCH)
     assert 2.7e6 < a.params < 2.8e6 and 1.0e6 < a.size.cg_entries < 1.1e6
-    assert 960 * 2**20 < a.size.activation_bytes < analysis.size_limits().activation_bytes
+    assert 960 * 2**20 < a.size.activation_bytes < analysis.Limits().activation_bytes
+    assert analysis.tp_terms(a.layers[1]) == 1_192_656_993
+
+
+@pytest.mark.parametrize("name", ["tiny", "kondor", "mixing_mst", "efficient"])
+def test_tensor_product_table_figure_bounds_the_runtime_tables(name):
+    """``Model()``'s tensor-product buffers never exceed the figure the limit checks, nor fall below half."""
+    from sphc.runtime.layers import TensorProduct
+
+    path = REPO_ROOT / "examples" / f"{name}.sph"
+    a = sphc.check_source(path.read_text(encoding="utf-8"))
+    figures = [analysis.TP_TERM_BYTES * analysis.tp_terms(x) for x in a.layers if x.paths]
+    model = sphc.load(path).Model()
+    actual = [
+        sum(b.numel() * b.element_size() for b in m.buffers())
+        for m in model.modules()
+        if isinstance(m, TensorProduct)
+    ]
+    assert len(actual) == len(figures) > 0
+    for got, bound in zip(actual, figures):
+        assert got <= bound <= 2 * got, (got, bound)
 
 
 def test_a_thousand_layer_chain_compiles():
@@ -75,8 +101,8 @@ OVER = [
         r"to 23,034,676 Clebsch–Gordan entries; the limit is 10,000,000",
     ),
     (
-        "Input L=32 -> S2Conv -> TensorProduct mst -> TensorProduct mst",
-        46,
+        "Input L=16 -> S2Conv N=4 -> TensorProduct mst -> TensorProduct mst",
+        50,
         r"would multiply [\d,]+ pairs of fragments \(the limit is 2,000,000\)",
     ),
     (
@@ -84,7 +110,7 @@ OVER = [
         30,
         r"to 5\.0 GiB of activations per example \(float32\); the limit is 4\.0 GiB",
     ),
-    ("Input L=64 -> S2Conv C=1 -> ReLU oversample=4", 29, r"to 32\.0 GiB of sampling-transform tables"),
+    ("Input L=64 -> S2Conv C=1 -> ReLU oversample=4", 29, r"to 32\.0 GiB of tables built by Model\(\)"),
 ]
 
 

@@ -125,7 +125,9 @@ class Limits:
     tp_pairs: float = 2_000_000
     #: float32 bytes per example: every layer's padded output plus each pointwise layer's grid
     activation_bytes: float = 4 * 2**30
-    #: float32 bytes of the sampling-transform tables ``Model()`` builds (an upper bound)
+    #: bytes of the tables ``Model()`` builds (an estimate from above): the sampling transforms of the
+    #: input and every pointwise layer, and each tensor product's index tables (one entry per CG
+    #: coefficient and column pair, which the reference implementation stores)
     table_bytes: float = 4 * 2**30
 
     def scaled(self, k: float) -> Limits:
@@ -312,7 +314,7 @@ _WHAT = {
     "params": "parameters",
     "cg_entries": "Clebsch–Gordan entries",
     "activation_bytes": "of activations per example (float32)",
-    "table_bytes": "of sampling-transform tables (float32, estimated)",
+    "table_bytes": "of tables built by Model() (estimated)",
 }
 
 
@@ -321,7 +323,7 @@ _SHORT = {
     "params": "params",
     "cg_entries": "CG entries",
     "activation_bytes": "activations/example",
-    "table_bytes": "transform tables",
+    "table_bytes": "Model() tables",
 }
 
 
@@ -364,8 +366,21 @@ def so3_table_bytes(L: int, N: int) -> int:
     return 4 * ((2 * N - 1) * L**3 + 3 * L * L) + 100 * (2 * N - 1) * (2 * L - 1)
 
 
-def _pointwise_bytes(info: LayerInfo) -> tuple[int, int]:
-    """(float32 grid samples per example, table bytes) of a pointwise layer; (0, 0) for the others."""
+#: Bytes per tensor-product term in the runtime's index tables: source, destination and coefficient of
+#: each (CG entry, column pair) as int64 / float64, plus the fused kernel's tables (sphc/runtime/layers.py
+#: ``TensorProduct``; 33–41 bytes per term on the examples, tests/test_limits.py keeps this an upper bound).
+TP_TERM_BYTES = 48
+
+
+def tp_terms(info: LayerInfo) -> int:
+    """CG coefficients times column pairs over a tensor product's paths (exact zeros included)."""
+    return sum(cg_pattern_size(p.l1, p.l2, p.l) * len(p.pairs) for p in info.paths)
+
+
+def _layer_bytes(info: LayerInfo) -> tuple[int, int]:
+    """(float32 grid samples per example, bytes of tables ``Model()`` builds) beyond the layer output."""
+    if isinstance(info.layer, ir.TensorProduct):
+        return 0, TP_TERM_BYTES * tp_terms(info)
     if not isinstance(info.layer, ir.Pointwise):
         return 0, 0
     t = info.t_in
@@ -377,7 +392,7 @@ def _pointwise_bytes(info: LayerInfo) -> tuple[int, int]:
 
 def check_size(size: ModelSize, info: LayerInfo, limits: Limits) -> ModelSize:
     """``size`` plus one layer; a located ``SphcError`` at that layer if a limit is crossed."""
-    samples, tables = _pointwise_bytes(info)
+    samples, tables = _layer_bytes(info)
     size = ModelSize(
         size.layers + 1,
         size.params + info.params,
@@ -452,7 +467,7 @@ def compare_table(named: list[tuple[str, Analysis]]) -> str:
         ("CG entries", lambda a: f"{sum(x.cg_entries for x in a.layers):,}"),
         ("MACs/example", lambda a: _si(sum(x.macs for x in a.layers))),
         ("activations/example", lambda a: _figure("activation_bytes", a.size.activation_bytes)),
-        ("transform tables", lambda a: _figure("table_bytes", a.size.table_bytes)),
+        ("Model() tables", lambda a: _figure("table_bytes", a.size.table_bytes)),
     )
     rows += [(label, *(value(a) for _, a in named)) for label, value in figures]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
