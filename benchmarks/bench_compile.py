@@ -18,8 +18,8 @@ Baseline (optional, on by default): sympy's ``CG(...).doit()`` timed per coeffic
 sample, in its own fresh interpreter, then *extrapolated* linearly to each model's CG entry count
 (sphc's ``analysis`` count of (m, m1) pattern entries over all tensor-product paths).
 
-    .venv/bin/python benchmarks/bench_compile.py            # full (a few minutes)
-    .venv/bin/python benchmarks/bench_compile.py --quick    # smoke run (~1 min)
+    python benchmarks/bench_compile.py            # full (a few minutes)
+    python benchmarks/bench_compile.py --quick    # smoke run (~1 min)
 """
 
 from __future__ import annotations

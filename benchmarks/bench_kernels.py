@@ -44,7 +44,7 @@ Parts (``--parts``, default the first four; ``floors`` prints the analytic roofl
 FLOP counting (real floating-point operations, per example and channel unless said; complex multiply
 = 6, complex add = 2, complex multiply-add = 8, real × complex = 2; index arithmetic not counted;
 one *term* = one CG entry of ``layout.cg_pattern_size(l1, l2, l)`` (the analysis' count, exact parity
-zeros included) times one column pair of ``Path.pairs``):
+zeros included) times one column pair (``Path.n_pairs``)):
 
 * TP + U forward: 10 per term (x1·x2 complex product 6, CG scale 2, accumulate 2) + 8 per
   (l, m, TP column, u) for the projection N·U; backward: recompute N (10 per term), dN = dA·Uᴴ and
@@ -58,7 +58,7 @@ columns, not the padded layout): forward = inputs read once + weights (U, V, X, 
 TP) read once + outputs written once; backward = output gradient + saved inputs + weights read once,
 input gradients + weight gradients written once (nothing recomputed is re-read).
 
-    /work/venv/bin/python benchmarks/bench_kernels.py --cpu-quick           # CPU, ~2 min
+    python benchmarks/bench_kernels.py --cpu-quick           # CPU, ~2 min
     python benchmarks/bench_kernels.py --json out.json                      # GPU sizes (CUDA)
     python benchmarks/bench_kernels.py --parts growth --growth-L 8 16 32 64 # one part
 """
@@ -316,7 +316,7 @@ def layer_costs(text: str, B: int) -> list[dict]:
     tau, tau_u = gcv.layer.tau, gcv.layer.tau_u
     taus_tp = tp.t_out.tau[:Lg]
     live = [l for l, k in enumerate(taus_tp) if k]
-    terms = sum(cg_pattern_size(p.l1, p.l2, p.l) * len(p.pairs) for p in tp.paths if p.l < Lg)
+    terms = sum(cg_pattern_size(p.l1, p.l2, p.l) * p.n_pairs for p in tp.paths if p.l < Lg)
     proj = sum((2 * l + 1) * taus_tp[l] * tau_u for l in live)
     rows_u = sum((2 * l + 1) * tau_u for l in live)
     rows_t = sum((2 * l + 1) * tau for l in live)

@@ -30,8 +30,8 @@ full / mst / rmst mixing sets (tau = 2 columns per degree, C = 4, batch 4), with
 fitted over the measured L next to the paper's O(L^5) / O(L^4) / O(L^3 log L) claims. The analytic
 complex multiply-add count of ``sphc explain`` is fitted the same way, as the noise-free reference.
 
-    /work/venv/bin/python benchmarks/bench_layer.py           # full, ~3-5 min (e3nn dominates)
-    /work/venv/bin/python benchmarks/bench_layer.py --quick   # smoke run (~1 min, no e3nn)
+    python benchmarks/bench_layer.py           # full, ~3-5 min (e3nn dominates)
+    python benchmarks/bench_layer.py --quick   # smoke run (~1 min, no e3nn)
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ def dense_tp_class():
     import torch.nn.functional as F
     from torch import nn
 
+    from sphc import layout
     from sphc.cg import cg_block
 
     class DenseTP(nn.Module):
@@ -115,12 +116,13 @@ def dense_tp_class():
             super().__init__()
             self.L_in, self.L, self.width = info.t_in.L, info.t_out.L, info.t_out.width
             self.paths = []
-            for k, p in enumerate(info.paths):
+            pairs = layout.tp_paths(info.t_in.cols, [(p.l1, p.l2, p.l) for p in info.paths])
+            for k, (p, (*_, cp)) in enumerate(zip(info.paths, pairs)):
                 b = cg_block(p.l1, p.l2, p.l)
                 d = np.zeros((2 * p.l + 1, 2 * p.l1 + 1, 2 * p.l2 + 1))
                 d[b.m + p.l, b.m1 + p.l1, b.m2 + p.l2] = b.values
                 self.register_buffer(f"cg{k}", torch.from_numpy(d), persistent=False)
-                i, j = (torch.tensor(v) for v in zip(*p.pairs))
+                i, j = (torch.tensor(v) for v in zip(*cp))
                 self.paths.append((p.l1, p.l2, p.l, i, j))
             self._cast: dict = {}
 

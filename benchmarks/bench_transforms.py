@@ -36,8 +36,8 @@ SO(3) tables at L=N=64 (``so3_table_nbytes``; the dense d^l_{mn}(beta_t) array f
 are measured in a fresh interpreter (``_common.run_child``) so every cache is cold: first transform call
 minus a second, warm call.
 
-    /work/venv/bin/python benchmarks/bench_transforms.py           # full, ~1 min
-    /work/venv/bin/python benchmarks/bench_transforms.py --quick   # smoke run (~15 s: L <= 64, L=N=16)
+    python benchmarks/bench_transforms.py           # full, ~1 min
+    python benchmarks/bench_transforms.py --quick   # smoke run (~15 s: L <= 64, L=N=16)
 """
 
 from __future__ import annotations

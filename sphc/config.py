@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from sphc.errors import SphcError
+
 #: Bump when the layout of anything sphc writes to its cache changes; old entries are then ignored.
 CACHE_FORMAT_VERSION = 1
 
@@ -44,3 +46,20 @@ def backend_default() -> str:
 def triton_interpreting() -> bool:
     """Triton's own ``TRITON_INTERPRET=1``: kernels defined from now on run in its CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def limit_scale() -> float:
+    """``SPHC_LIMIT_SCALE=k`` multiplies every model-size limit by k >= 1 (README, "Limits").
+
+    ``sphc ... --limit-scale k`` sets it for one command. A bad value is a user error, not a default.
+    """
+    text = os.environ.get("SPHC_LIMIT_SCALE", "").strip()
+    if not text:
+        return 1.0
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = float("nan")
+    if not scale >= 1:  # also rejects nan
+        raise SphcError(f"SPHC_LIMIT_SCALE must be a number >= 1 (or inf), got {text!r}")
+    return scale

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -224,6 +225,79 @@ def test_explain_mnist_prints_the_table(capsys):
         assert name in out
 
 
+def test_explain_several_models_side_by_side(capsys):
+    """The mixing examples' own comment suggests `sphc explain examples/mixing_*.sph`."""
+    files = sorted(EXAMPLES.glob("mixing_*.sph"))
+    code, out, err = run(capsys, "explain", *files)
+    assert code == 0, err
+    for f in files:  # each model's full table, headed by its file
+        assert f"== {f} ==" in out
+        assert f"total parameters: {sphc.check_source(f.read_text(encoding='utf-8')).params:,}" in out
+    summary = out.split("\n\n")[-1].splitlines()
+    assert summary[0].split() == [str(f) for f in files]
+    rows = {line.split("  ")[0]: line.split()[-len(files) :] for line in summary[1:]}
+    params = [sphc.check_source(f.read_text(encoding="utf-8")).params for f in files]
+    assert rows["parameters"] == [f"{p:,}" for p in params]
+    cg = [int(v.replace(",", "")) for v in rows["CG entries"]]
+    assert cg[0] > cg[1] > cg[2]  # full > mst > rmst, the comparison the examples are for
+
+
+def test_explain_stops_at_the_first_bad_model(capsys, tmp_path):
+    bad = tmp_path / "bad.sph"
+    bad.write_text("Input s2 L=8 -> Bogus\n")
+    code, out, err = run(capsys, "explain", EFFICIENT, bad)
+    assert code == 1 and err.startswith(f"{bad}:1:17: error: unknown layer")
+
+
+def test_every_file_an_example_in_the_help_names_exists(capsys):
+    for command in ("compile", "check", "explain", "tune", "train", "plot"):
+        with pytest.raises(SystemExit):
+            cli.main([command, "--help"])
+        text = capsys.readouterr().out
+        for name in re.findall(r"examples/[\w*]+\.sph", text):
+            assert list(REPO_ROOT.glob(name)), f"`sphc {command} --help` names {name}, which does not exist"
+
+
+def test_train_help_documents_every_flag_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    train_parser = next(
+        a for a in cli._parser()._subparsers._group_actions[0].choices.items() if a[0] == "train"
+    )[1]
+    for action in train_parser._actions:
+        assert action.help, f"--{action.dest} has no help"
+        if action.default not in (None, False) and action.dest != "help":
+            assert "(default: %(default)s)" in action.help, f"--{action.dest} hides its default"
+    for key in ("x_train", "y_train", "x_test", "y_test"):  # what --data-path's .npz must hold
+        assert key in text
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_limit_scale_raises_the_size_limits(capsys, tmp_path, monkeypatch, how):
+    big = tmp_path / "big.sph"
+    big.write_text("Input s2 L=8 -> S2Conv C=1200 N=8 -> SO3Conv C=1200 -> Invariant -> Dense 2\n")
+    code, out, err = run(capsys, "check", big)
+    assert code == 1 and "parameters; the limit is 100,000,000" in err and "--limit-scale" in err
+    if how == "flag":
+        code, out, err = run(capsys, "check", big, "--limit-scale", "100")
+    else:
+        monkeypatch.setenv("SPHC_LIMIT_SCALE", "100")
+        code, out, err = run(capsys, "check", big)
+    assert code == 0, err
+    assert out.startswith(f"{big}: ok (")
+    assert os.environ.get("SPHC_LIMIT_SCALE") == ("100" if how == "env" else None)  # the flag is undone
+
+
+@pytest.mark.parametrize("value", ["0.5", "nan", "-3"])
+def test_a_bad_limit_scale_is_a_user_error(capsys, value, monkeypatch):
+    code, out, err = run(capsys, "check", EFFICIENT, f"--limit-scale={value}")
+    assert code == 1 and "--limit-scale must be a number >= 1" in err
+    monkeypatch.setenv("SPHC_LIMIT_SCALE", value)
+    code, out, err = run(capsys, "check", EFFICIENT)
+    assert code == 1 and "SPHC_LIMIT_SCALE must be a number >= 1" in err
+
+
 # --- usage and internal errors -------------------------------------------------------------------
 
 
@@ -236,7 +310,8 @@ def test_explain_mnist_prints_the_table(capsys):
         ["compile"],
         ["compile", "x.sph", "--emit", "bytecode"],
         ["check", "x.sph", "--bogus"],
-        ["explain", "a.sph", "b.sph"],
+        ["check", "a.sph", "b.sph"],
+        ["explain"],
     ],
     ids=lambda a: " ".join(a) or "no-args",
 )

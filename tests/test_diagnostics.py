@@ -215,14 +215,24 @@ def test_non_finite_numbers_are_rejected(text: str, col: int):
     assert_rendered(err, text)
 
 
-@pytest.mark.parametrize("value", ["99999999999999999999999", str(2**63)])
+@pytest.mark.parametrize(
+    "value", ["99999999999999999999999", str(2**63), "257", "1" * 5000, "0" * 30 + "300"]
+)
 def test_absurd_bandlimit_is_a_located_error(value: str):
-    """BUG (sphc/compiler/lower.py): no upper bound on L; analysis raises OverflowError (or runs forever)."""
+    """Range-checked where it is read: more than 18 digits in the parser (Python's int() refuses
+    more than 4,300 with a bare ValueError), anything above 256 in lowering."""
     text = f"Input s2 L={value} C=1"
     err = _raise(text)
     assert (err.span.line, err.span.col) == (1, 12)
     assert "L" in err.message
+    assert "between 1 and 256" in err.message or "at most 18" in err.message
     assert_rendered(err, text)
+
+
+def test_a_positional_huge_integer_is_a_located_error():
+    err = _raise("Input s2 L=4 -> S2Conv -> Invariant -> Dense " + "7" * 400)
+    assert err.message == "this integer has 400 digits; integer literals have at most 18"
+    assert (err.span.line, err.span.col) == (1, 46)
 
 
 _GUARDED = textwrap.dedent(
@@ -250,11 +260,8 @@ _GUARDED = textwrap.dedent(
     ids=["L=100000", "two-tensor-products", "full-L64"],
 )
 def test_oversized_models_fail_fast_with_a_located_error(text: str):
-    """`sphc check` on a three-line model must not eat all memory; a size limit is a user error.
-
-    BUG (sphc/compiler/lower.py / sphc/compiler/analysis.py): nothing bounds L or the tensor-product column pairs, so
-    these run out of memory (run here under a 3 GB address-space limit and a 60 s timeout).
-    """
+    """`sphc check` on a three-line model must not eat all memory; a size limit is a user error
+    (run here under a 3 GB address-space limit and a 60 s timeout)."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
     try:
         proc = subprocess.run(
@@ -352,3 +359,9 @@ def test_wrong_input_dtype_is_a_located_error_naming_the_shape(small_model, dtyp
     assert err.span is not None and (err.span.line, err.span.col) == (2, 3)
     assert str(dtype) in err.message
     assert "2, 6, 11" in err.message, err.render()
+
+
+def test_leading_zeros_do_not_count_as_digits():
+    """Python's int() counts them towards its 4,300-digit limit; sphc strips them first."""
+    model = sphc.check_source("Input s2 L=" + "0" * 5000 + "8 -> S2Conv C=" + "0" * 40 + "2").model
+    assert model.input.L == 8 and model.layers[0].C == 2

@@ -4,7 +4,13 @@ The example models (``examples/*.sph``) are mutated at random — characters and
 inserted, duplicated and swapped, ``->`` doubled or dropped, numbers replaced by awkward ones, words
 replaced by other layer, parameter and enum names — and every outcome must be either a model that
 ``sphc.check_source`` accepts or an ``SphcError`` whose span lies inside the text. A small subset is
-also compiled with ``sphc.compile_source``.
+also compiled with ``sphc.compile_source``, imported, built and run forward once.
+
+Hostile inputs have their own classes, each case under a time limit: huge literals (thousands of
+digits, values just past a range, overflowing floats), huge sizes (channels, bandlimits, fragments,
+chains of thousands of layers) and inputs that used to hang the compiler (a cross tensor product of a
+huge channel count). Whatever is valid must stay within the size limits of README "Limits", so
+``Model()`` is never the first place a size problem shows.
 
 Run with the ``ci`` profile (bounded examples, no deadline); ``HYPOTHESIS_PROFILE=long`` explores more.
 """
@@ -12,18 +18,25 @@ Run with the ``ci`` profile (bounded examples, no deadline); ``HYPOTHESIS_PROFIL
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
+import signal
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from hypothesis.errors import InvalidArgument
 
 import sphc
 from sphc import SphcError
-from sphc.compiler import ir, lower, syntax
+from sphc.compiler import analysis, ir, lower, syntax
+from sphc.compiler.pipeline import import_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = {p.name: p.read_text(encoding="utf-8") for p in sorted((REPO_ROOT / "examples").glob("*.sph"))}
@@ -178,12 +191,12 @@ def token_soup(draw) -> str:
 
 
 def _affordable(model: ir.Model, max_L: int = 64, budget: float = 5e6) -> bool:
-    """Whether analysing ``model`` is cheap enough for a fuzz loop.
+    """Whether analysing ``model`` is cheap enough for a fuzz loop of hundreds of cases.
 
     Analysis enumerates every CG path with its column pairs: about L^3 w^2 work per tensor product
-    for input width w, and a tensor product's output width can be ~L^2 w^2. Nothing in sphc bounds
-    this yet (tests/test_diagnostics.py::test_oversized_models_fail_fast_with_a_located_error), so
-    the fuzz keeps away from models that would take minutes and gigabytes; those are still lowered.
+    for input width w. The size limits (``analysis.Limits``) bound it, but a model just inside them
+    still takes seconds; the loops here keep to cheap models, and the hostile classes below
+    (``test_huge_*``, ``test_would_hang_*``) run the expensive ones under a time limit.
     """
     L, w, cost = model.input.L, 1, 0.0
     if max_L < model.input.L:
@@ -276,10 +289,26 @@ def test_arbitrary_text_gives_a_model_or_a_located_error(text: str):
     check_outcome(text)
 
 
-@_settings(30)
-@given(mutated(max_mutations=2))
-def test_some_mutants_also_compile(text: str):
-    """Valid mutants with L <= 16 go through the whole pipeline to Python source."""
+def run_forward_once(source: str, name: str) -> None:
+    """Import a generated module, build the model and run one example forward: finite output."""
+    module = import_source(source, name, f"<fuzz:{name}>")
+    try:
+        torch.manual_seed(0)
+        model = module.Model().eval()
+        with torch.no_grad():
+            y = model(torch.randn(1, *model.input_shape))
+        assert y.shape[0] == 1 and torch.isfinite(torch.view_as_real(y) if y.is_complex() else y).all()
+    finally:
+        sys.modules.pop(name, None)
+
+
+SMALL_SEEDS = [t for t in SEEDS if _max_L(lower.lower(syntax.parse(t))) <= 16]
+
+
+@_settings(40)
+@given(mutated(seeds=SMALL_SEEDS, max_mutations=1))
+def test_some_mutants_also_compile_and_run(text: str):
+    """Valid mutants with L <= 16 go through the whole pipeline to Python source, then run forward."""
     model = check_outcome(text)
     if model is None or _max_L(model) > 16 or not _affordable(model, budget=5e5):
         return
@@ -290,25 +319,208 @@ def test_some_mutants_also_compile(text: str):
         return
     compile(source, "<generated>", "exec")
     assert "SOURCE_FILE = 'fuzz.sph'" in source
+    with time_limit(120, text):
+        run_forward_once(source, "sphc_fuzz_forward")
+    _event("compiled and ran forward")
 
 
-@_settings(30)
-@given(st.one_of(mutated(max_mutations=2), token_soup()))
-def test_valid_mutants_round_trip_through_ir_dump(text: str):
-    """Whatever lowers, ``ir.dump`` prints as canonical text that lowers to the same IR."""
+# --- hostile inputs: huge literals, huge sizes, would-hang chains ---------------------------
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str):
+    """Fail the case (not the whole run) if it takes longer than ``seconds`` of wall time."""
+
+    def expired(signum, frame):
+        raise AssertionError(f"ran for more than {seconds} s: {what[:300]!r}")
+
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        model = lower.lower(syntax.parse(text, "fuzz.sph"))
-    except SphcError:
-        return
-    canonical = ir.dump(model)
-    again = lower.lower(syntax.parse(canonical, "canonical.sph"))
-    assert again == model
-    assert ir.dump(again) == canonical
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
-def test_mutation_helpers_cover_their_vocabulary():
-    assert "EfficientLayer" in LAYER_NAMES and "tau_u" in PARAM_NAMES and "mst" in ENUM_WORDS
-    kinds = {k for text in SEEDS for k, _ in tokens(text)}
-    assert {"comment", "ws", "arrow", "eq", "number", "name"} <= kinds
-    for text in SEEDS:
-        assert check_outcome(text) is not None  # the seeds themselves are valid models
+#: Every case must end within this (seconds); the slowest legitimate refusal takes ~2 s here.
+CASE_SECONDS = 20
+
+
+def check_bounded(text: str, file: str = "fuzz.sph") -> analysis.Analysis | None:
+    """Like ``check_outcome`` without the affordability guard: the analysis must answer in time with
+    a located error or a model inside the size limits."""
+    with time_limit(CASE_SECONDS, text):
+        try:
+            a = sphc.check_source(text, file)
+        except SphcError as e:
+            assert_located(e, text, file)
+            _event(f"error: {_kind(e)}")
+            return None
+    limits = analysis.size_limits()
+    for name in ("layers", "params", "cg_entries", "activation_bytes", "table_bytes"):
+        assert getattr(a.size, name) <= getattr(limits, name), (name, text)
+    _event("valid, within the limits")
+    return a
+
+
+@st.composite
+def huge_digits(draw) -> str:
+    n = draw(st.sampled_from([19, 20, 25, 100, 400, 4300, 4301, 6000]))
+    return draw(st.sampled_from(["9" * n, "1" + "0" * (n - 1), "-" + "1" * n, "0" * n + "7"]))
+
+
+HUGE_NUMBERS = [
+    "257", "513", "1025", "65537", "100000", str(2**31), str(2**31 - 1), str(2**32), str(2**63 - 1),
+    str(2**63), str(2**64), "1000000000000", "1e308", "1e400", "-1e400", "1" * 400 + ".5", "0." + "0" * 400 + "1",
+]  # fmt: skip
+
+
+@st.composite
+def huge_literals(draw) -> str:
+    """A valid seed with one number replaced by a huge or out-of-range literal."""
+    text = draw(st.sampled_from(SEEDS))
+    toks = [list(t) for t in tokens(text)]
+    numbers = [i for i, (k, _) in enumerate(toks) if k == "number"]
+    i = draw(st.sampled_from(numbers))
+    toks[i][1] = draw(st.one_of(st.sampled_from(HUGE_NUMBERS), huge_digits()))
+    return "".join(t for _, t in toks)
+
+
+#: In-range values of each integer parameter, large ones often: the model's size is what is tested.
+BIG = {
+    "C": [1, 16, 256, 4096, 65536],
+    "K": [1, 16, 256, 4096, 65536],
+    "n": [1, 10, 4096, 65536],
+    "tau": [1, 2, 64, 1024],
+    "tau_u": [1, 4, 256, 1024],
+    "oversample": [1, 2, 4],
+}
+HARMONIC_LAYERS = [n for n in LAYER_NAMES if n not in ("Input", "Invariant", "Dense")]
+
+
+@st.composite
+def huge_sizes(draw) -> str:
+    """Chains with large but in-range channels, bandlimits and fragments: they must reach the size
+    limits (or pass them) in time, never the lowering's range checks."""
+    L = draw(st.sampled_from([8, 32, 64, 128, 256]))
+    layers = [f"Input s2 L={L} C={draw(st.sampled_from([1, 16, 1024]))}"]
+    for _ in range(draw(st.integers(1, 4))):
+        name = draw(st.sampled_from(HARMONIC_LAYERS))
+        args = []
+        for p in lower.LAYERS[name].params:
+            if not draw(st.booleans()):
+                continue
+            if p.name in ("L", "N"):
+                value = draw(st.sampled_from(sorted({1, 2, L // 4 or 1, L // 2 or 1, L})))
+                if p.name == "L":
+                    L = value
+            elif p.name in BIG:
+                value = draw(st.sampled_from(BIG[p.name]))
+            elif isinstance(p.kind, tuple):
+                value = draw(st.sampled_from(p.kind))
+            elif p.kind is bool:
+                value = draw(st.sampled_from(["true", "false"]))
+            else:
+                continue
+            args.append(f"{p.name}={value}")
+        layers.append(" ".join([name, *args]))
+    if draw(st.booleans()):
+        layers += ["Invariant", f"Dense {draw(st.sampled_from(BIG['n']))}"]
+    return " -> ".join(layers)
+
+
+@st.composite
+def long_chains(draw) -> str:
+    """Hundreds to thousands of layers, around the layer limit."""
+    n = draw(st.sampled_from([10, 500, 1999, 2000, 2001, 5000]))
+    layer = draw(st.sampled_from(["SO3Conv", "SO3Conv C=2", "ReLU", "Norm"]))
+    tail = draw(st.sampled_from(["", " -> Invariant -> Dense 2"]))
+    return "Input s2 L=4 -> S2Conv C=2 N=2" + f" -> {layer}" * n + tail
+
+
+@_settings(25)
+@given(huge_literals())
+def test_huge_literals_give_a_located_error_in_time(text: str):
+    check_bounded(text)
+
+
+@_settings(20)
+@given(huge_sizes())
+def test_huge_sizes_give_a_model_within_the_limits_or_a_located_error(text: str):
+    check_bounded(text)
+
+
+@_settings(6)
+@given(long_chains())
+def test_long_chains_give_a_model_within_the_limits_or_a_located_error(text: str):
+    check_bounded(text)
+
+
+#: Inputs that once hung the compiler or exhausted memory (issue "Robustness and first use").
+WOULD_HANG = [
+    "Input s2 L=111" + "1" * 5000,
+    "Input L=4 -> GenConv tau=1000000000000",
+    "Input s2 L=4 C=1000000000000 -> TensorProduct full cross=true",
+    "Input s2 L=4 C=65536 -> TensorProduct full cross=true",
+    "Input s2 L=256 C=65536 -> S2Conv C=65536 -> TensorProduct full cross=true",
+    "Input s2 L=256 -> S2Conv -> TensorProduct full -> GenConv K=65536 tau=1024",
+    "Input L=4 -> S2Conv C=1000000000000",
+    "Input L=4 -> S2Conv C=65536 -> SO3Conv C=65536 -> SO3Conv C=65536",
+    "Input L=4 -> TensorProduct -> FullGenConv K=65536 tau=1024",
+    "Input L=4 -> TensorProduct -> GenConv K=65536 tau=1024 tau_u=1024",
+    "Input L=4 -> S2Conv -> Invariant -> Dense 65536 -> Dense 65536 -> Dense 65536",
+    "Input L=4 -> S2Conv C=" + "9" * 400,
+    "Input L=256 -> S2Conv N=256 -> ReLU oversample=4",
+    "Input L=256 C=65536 -> ZonalLayer oversample=4",
+    "Input s2 L=4 -> S2Conv C=2 N=2" + " -> SO3Conv" * 20000,
+]
+
+_GUARDED = textwrap.dedent(
+    """
+    import json, resource, signal, sys, time
+    resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+    import sphc
+
+    def expired(signum, frame):
+        raise TimeoutError
+
+    signal.signal(signal.SIGALRM, expired)
+    for text in json.load(sys.stdin):
+        t = time.time()
+        signal.alarm(int(sys.argv[1]))
+        try:
+            sphc.check_source(text, "hang.sph")
+            outcome = "ok"
+        except sphc.SphcError as e:
+            outcome = "located" if e.span is not None and e.span.file == "hang.sph" else "unlocated"
+        except TimeoutError:
+            outcome = "timeout"
+        except BaseException as e:
+            outcome = f"{type(e).__name__}: {str(e)[:200]}"
+        signal.alarm(0)
+        print(json.dumps([outcome, round(time.time() - t, 2)]), flush=True)
+    """
+)
+
+
+def test_would_hang_inputs_end_quickly_in_bounded_memory():
+    """Each case under a 3 GB address-space limit and its own alarm: a located error in seconds."""
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-c", _GUARDED, str(CASE_SECONDS)],
+        input=json.dumps(WOULD_HANG),
+        capture_output=True,
+        text=True,
+        timeout=CASE_SECONDS * len(WOULD_HANG) + 60,
+        env=env,
+    )
+    results = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert len(results) == len(WOULD_HANG), proc.stderr[-2000:]
+    for text, (outcome, seconds) in zip(WOULD_HANG, results):
+        assert outcome == "located", f"{outcome} after {seconds} s for {text[:120]!r}"
+        assert seconds < 5, f"{seconds} s for {text[:120]!r}"
+
+
+def test_a_thousand_layer_chain_is_not_refused():
+    assert check_bounded("Input s2 L=4 -> S2Conv C=2 N=2" + " -> SO3Conv" * 1000) is not None

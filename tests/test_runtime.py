@@ -173,7 +173,7 @@ def _reality_error(y: torch.Tensor) -> float:
     n = torch.arange(T) - (T - 1) // 2
     sign = (-1.0) ** (m[:, None] + n[None, :]).abs()
     mirrored = sign * y.flip(3, 4).conj()
-    return float((y - mirrored).abs().max() / y.abs().max())
+    return float(((y - mirrored).abs().max() / y.abs().max()).detach())
 
 
 def test_norm_keeps_so3_signals_real():

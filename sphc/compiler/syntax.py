@@ -64,10 +64,26 @@ def _tok_span(file: str, tok: lark.Token) -> Span:
     return Span(file, tok.line, tok.column, tok.end_line, tok.end_column)
 
 
-def _number(text: str) -> int | float:
+#: Most digits an integer literal may have. Every integer parameter is far below 10^18 (README,
+#: "Limits"), and Python refuses int() of more than 4,300 digits with a bare ValueError.
+MAX_INT_DIGITS = 18
+
+
+def _number(text: str, key: str | None, span: Span, source: str) -> int | float:
+    """The literal's value; floats may overflow to inf (``lower`` rejects non-finite values)."""
     if any(c in text for c in ".eE"):
         return float(text)
-    return int(text)
+    body = text.lstrip("+-").lstrip("0") or "0"  # leading zeros count for int()'s 4,300-digit limit
+    digits = len(body)
+    if digits > MAX_INT_DIGITS:
+        what = f"the value of {key}" if key else "this integer"
+        raise SphcError(
+            f"{what} has {digits:,} digits; integer literals have at most {MAX_INT_DIGITS}",
+            span,
+            hint='no parameter accepts a value anywhere near this size (README, "Limits")',
+            source=source,
+        )
+    return -int(body) if text.startswith("-") else int(body)
 
 
 def _build(tree: lark.Tree, file: str, source: str) -> ModelAST:
@@ -84,7 +100,8 @@ def _build(tree: lark.Tree, file: str, source: str) -> ModelAST:
             else:
                 key_tok, key, (val,) = None, None, a.children
             tok = val.children[0]
-            value = _number(str(tok)) if val.data == "number" else str(tok)
+            number = val.data == "number"
+            value = _number(str(tok), key, _tok_span(file, tok), source) if number else str(tok)
             first = key_tok if key_tok is not None else tok
             span = Span(file, first.line, first.column, tok.end_line, tok.end_column)
             args.append(Arg(key, value, span, _tok_span(file, tok)))
