@@ -55,11 +55,13 @@ def _assert_compiled_matches_eager(model: torch.nn.Module, backend: str, batch: 
     """Forward, gradients (parameters and input) and buffers after one step: compiled vs eager."""
     eager, compiled_model = model, copy.deepcopy(model)
     compiled = torch.compile(compiled_model, fullgraph=True, backend=backend)
-    x = torch.randn(batch, *model.input_shape)
+    lead = (batch, 3) if model.input.set else (batch,)  # a set input: 3 slots, the last one padding
+    x = torch.randn(*lead, *model.input_shape)
+    extra = (torch.arange(3).expand(batch, 3) < 2,) if model.input.set else ()
     results = []
     for net, module in ((eager, eager), (compiled, compiled_model)):
         xi = x.clone().requires_grad_(True)
-        y = net(xi)
+        y = net(xi, *extra)
         g = torch.ones_like(y) + torch.linspace(0, 1, y.numel()).view_as(y)  # a fixed non-uniform cotangent
         params = list(module.parameters())
         grads = torch.autograd.grad(y, [xi, *params], g, allow_unused=True)

@@ -44,9 +44,13 @@ def _run(path: Path) -> dict:
             m.eval()
     _fill(model)
     g = torch.Generator().manual_seed(_seed(path.stem))
-    x = torch.randn(2, *model.input_shape, generator=g, dtype=torch.float64)
+    if model.input.set:  # sets of 3 elements, one of them padding
+        x = torch.randn(2, 3, *model.input_shape, generator=g, dtype=torch.float64)
+        args = (x, torch.tensor([[True, True, False], [True, False, True]]))
+    else:
+        args = (torch.randn(2, *model.input_shape, generator=g, dtype=torch.float64),)
     with torch.no_grad():
-        y = model(x)
+        y = model(*args)
     return {
         "params": {n: list(p.shape) for n, p in model.named_parameters()},
         "output": y.flatten().tolist(),

@@ -30,6 +30,7 @@ SAMPLES: dict[type, str] = {
     ir.Norm: "Input s2 L=3 C=1 -> GenConv K=2 tau=2 -> Norm",
     ir.Invariant: "Input s2 L=3 C=1 -> ZonalConv C=2 -> Invariant",
     ir.Dense: "Input s2 L=3 C=1 -> ZonalConv C=2 -> Invariant -> Dense 3",
+    ir.SetPool: "Input s2 L=3 C=1 set=true -> ZonalConv C=2 -> Invariant -> Dense 3 -> SetSum -> Dense 2",
 }
 
 
@@ -59,5 +60,6 @@ def test_every_kind_lowers_compiles_and_runs(kind: type) -> None:
     used = {name for name in rt.__all__ if f"rt.{name}(" in source}
     assert used, source
     model = sphc.load(text).Model(backend="torch").double()
-    y = model(torch.randn(2, *model.input_shape, dtype=torch.float64))
+    lead = (2, 3) if model.input.set else (2,)
+    y = model(torch.randn(*lead, *model.input_shape, dtype=torch.float64))
     assert torch.isfinite(y.real if y.is_complex() else y).all()

@@ -279,6 +279,11 @@ def _(layer: ir.Dense, t: SignalType):
     return out, t.features * layer.n + layer.n, t.features * layer.n, (), 0
 
 
+@analyze_layer.register
+def _(layer: ir.SetPool, t: SignalType):
+    return t, 0, t.features, (), 0  # one add per feature and element
+
+
 def analyze(model: ir.Model) -> Analysis:
     """Propagate types through the chain and count everything; pure function of the IR.
 
@@ -439,7 +444,16 @@ def explain_table(a: Analysis) -> str:
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     inp = a.model.input
-    lines.insert(0, f"input: {inp.C}×S² MW samples, L={inp.L}, shape ({inp.C}, {inp.L}, {2 * inp.L - 1})")
+    shape = f"({inp.C}, {inp.L}, {2 * inp.L - 1})"
+    if inp.set:  # every layer before the SetPool runs once per element; act/ex is per element there
+        pool = next(x.index + 1 for x in a.layers if isinstance(x.layer, ir.SetPool))
+        lines.insert(
+            0,
+            f"input: a set per example of {inp.C}×S² MW samples, L={inp.L}, shape (elements, {shape[1:]} "
+            f"+ a mask; layers 1–{pool - 1} act on each element, layer {pool} pools them",
+        )
+    else:
+        lines.insert(0, f"input: {inp.C}×S² MW samples, L={inp.L}, shape {shape}")
     lines.append(f"total parameters: {a.params:,} (real scalars; a complex weight counts 2)")
     limits, names = size_limits(), [f.name for f in fields(a.size)]
     lines.append("size:   " + " · ".join(f"{_figure(n, getattr(a.size, n))} {_SHORT[n]}" for n in names))

@@ -45,12 +45,17 @@ _SPAN = field(default=None, compare=False, repr=False)
 
 @dataclass(frozen=True, slots=True)
 class Input:
-    """The model input: C channels of real MW samples on S² with bandlimit L."""
+    """The model input: C channels of real MW samples on S² with bandlimit L.
+
+    ``set``: each example is a set of such signals (e.g. one sphere per atom of a molecule), of
+    varying size; every layer up to the ``SetPool`` acts on each element alone.
+    """
 
     domain: Domain
     L: int
     C: int
     N: int | None = None
+    set: bool = field(default=False, metadata={"quiet": True})  # dumped only when true
     span: Span | None = _SPAN
 
 
@@ -158,6 +163,15 @@ class Dense:
     span: Span | None = _SPAN
 
 
+@dataclass(frozen=True, slots=True)
+class SetPool:
+    """Pools a set's invariant features into one vector per example: sum or mean over its elements
+    (permutation invariant; padding never enters). DeepSets' pooling (docs/CONVENTIONS.md §7.12)."""
+
+    mean: bool = False
+    span: Span | None = _SPAN
+
+
 Layer = (
     S2Conv
     | SO3Conv
@@ -169,6 +183,7 @@ Layer = (
     | Norm
     | Invariant
     | Dense
+    | SetPool
 )
 
 
@@ -188,7 +203,10 @@ def _fmt(value: object) -> str:
 
 def dump_layer(layer: Input | Layer) -> str:
     """``Name key=value ...`` with every field written out (the canonical form of one layer)."""
-    args = [f"{f.name}={_fmt(getattr(layer, f.name))}" for f in fields(layer) if f.name != "span"]
+    quiet = {f.name for f in fields(layer) if f.metadata.get("quiet") and getattr(layer, f.name) == f.default}
+    args = [
+        f"{f.name}={_fmt(getattr(layer, f.name))}" for f in fields(layer) if f.name not in ("span", *quiet)
+    ]
     args = [a for a in args if not a.endswith("=None")]
     return " ".join([type(layer).__name__, *args])
 

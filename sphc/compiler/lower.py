@@ -12,7 +12,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from sphc.compiler import ir
@@ -89,9 +89,16 @@ LAYERS: dict[str, LayerSpec] = {
             Param("domain", ("s2",), "signal domain of the MW-sampled input", default="s2"),
             Param("L", int, "input bandlimit; samples are L x (2L-1)", minimum=1, maximum=MAX_L + 1),
             Param("C", int, "input channels", default=1, minimum=1, maximum=MAX_CHANNELS + 1),
+            Param(
+                "set",
+                bool,
+                "each example is a set of spheres (e.g. one per atom), pooled by SetPool",
+                default=False,
+            ),
         ),
         ("domain",),
-        "model input: C channels of real MW samples on the sphere, shape (C, L, 2L-1)",
+        "model input: C channels of real MW samples on the sphere, shape (C, L, 2L-1); with set=true a "
+        "set of them per example, shape (elements, C, L, 2L-1) plus a mask",
     ),
     "S2Conv": LayerSpec((_C, _L, _N), (), "S² → SO(3) harmonic convolution (Cohen et al. 2018)"),
     "SO3Conv": LayerSpec((_C, _L, _N), (), "SO(3) → SO(3) harmonic convolution"),
@@ -166,6 +173,13 @@ LAYERS: dict[str, LayerSpec] = {
         ("n",),
         "fully connected layer on invariant features",
     ),
+    "SetPool": LayerSpec(
+        (Param("mean", bool, "the mean over the set's elements instead of their sum", default=False),),
+        (),
+        "pool a set's invariant features into one vector per example (sum, or mean)",
+    ),
+    "SetSum": LayerSpec((), (), "pool a set's invariant features by their sum (SetPool mean=false)"),
+    "SetMean": LayerSpec((), (), "pool a set's invariant features by their mean (SetPool mean=true)"),
 }
 
 
@@ -269,6 +283,7 @@ class _Shape:
     C: int = 0
     N: int = 0
     features: int = 0
+    per_element: bool = False  # inside a set (Input set=true), before its SetPool
 
 
 _HARMONIC = (ir.Domain.S2, ir.Domain.SO3, ir.Domain.GENERALIZED)
@@ -398,6 +413,23 @@ def _dense(node, vals, spans, shape):
     return [layer], _Shape(ir.Domain.FEATURES, features=vals["n"])
 
 
+def _set_pool(node, vals, spans, shape):
+    if not shape.per_element:
+        raise SphcError(
+            f"`{node.name}` pools a set, but this signal is not one",
+            node.span,
+            hint="sets come from `Input ... set=true` and are pooled once",
+        )
+    _need(
+        node,
+        shape,
+        (ir.Domain.FEATURES,),
+        "pool invariant features: put `Invariant` (and Dense layers) first",
+    )
+    mean = vals.get("mean", node.name == "SetMean")
+    return [ir.SetPool(bool(mean), node.full_span)], _Shape(ir.Domain.FEATURES, features=shape.features)
+
+
 #: One row per surface name: the builder that checks its values against the incoming shape and
 #: returns its IR layer(s). Shorthands (S2Layer, EfficientLayer, ...) expand to two IR layers.
 _BUILD: dict[str, Callable] = {
@@ -416,7 +448,11 @@ _BUILD: dict[str, Callable] = {
     "Norm": _norm,
     "Invariant": _invariant,
     "Dense": _dense,
+    "SetPool": _set_pool,
+    "SetSum": _set_pool,
+    "SetMean": _set_pool,
 }
+_POOLS = ("SetPool", "SetSum", "SetMean")
 
 
 def _input(ast: ModelAST) -> tuple[ir.Input, tuple[LayerNode, ...]]:
@@ -425,7 +461,8 @@ def _input(ast: ModelAST) -> tuple[ir.Input, tuple[LayerNode, ...]]:
         _, vals, spans = _bind(first)
         if vals["L"] is None:
             raise SphcError("`Input` needs a bandlimit L=...", first.span, hint="e.g. `Input s2 L=32 C=1`")
-        return ir.Input(ir.Domain(vals["domain"]), vals["L"], vals["C"], span=first.full_span), ast.layers[1:]
+        inp = ir.Input(ir.Domain(vals["domain"]), vals["L"], vals["C"], set=vals["set"], span=first.full_span)
+        return inp, ast.layers[1:]
     # No header: one S² channel at the bandlimit the first layer names (the sketch's defaults).
     _, vals, _ = _bind(first)  # a bad value of the first layer (L=2.5, L=0) is reported as such
     L = vals.get("L")
@@ -442,7 +479,7 @@ def lower(ast: ModelAST) -> ir.Model:
     """Check the chain layer by layer and build the IR; raise the first ``SphcError`` found."""
     try:
         inp, nodes = _input(ast)
-        shape = _Shape(inp.domain, inp.L, inp.C)
+        shape = _Shape(inp.domain, inp.L, inp.C, per_element=inp.set)
         layers: list[ir.Layer] = []
         for node in nodes:
             if node.name == "Input":
@@ -452,8 +489,15 @@ def lower(ast: ModelAST) -> ir.Model:
                     hint="a model has one input; declare it once, at the start of the chain",
                 )
             _, vals, spans = _bind(node)
-            new, shape = _BUILD[node.name](node, vals, spans, shape)
+            new, out = _BUILD[node.name](node, vals, spans, shape)
+            shape = out if node.name in _POOLS else replace(out, per_element=shape.per_element)
             layers.extend(new)
+        if shape.per_element:
+            raise SphcError(
+                "the input is a set (set=true) but the model never pools it",
+                inp.span,
+                hint="add `SetSum` (or `SetMean`) after `Invariant`, where the per-element features are invariant",
+            )
         return ir.Model(inp, tuple(layers))
     except SphcError as e:
         raise e.with_source(ast.source) from None

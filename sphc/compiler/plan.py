@@ -135,6 +135,7 @@ class ModulePlan:
     canonical: tuple[str, ...]
     input_shape: tuple[int, int, int]
     input_where: str
+    input_set: bool  # the input is a set per example: forward(x, mask) and a SetPool
     layers: tuple[LayerPlan, ...]
     constants: tuple[Constant, ...]
     kernels: tuple[KernelPlan, ...]
@@ -154,6 +155,7 @@ class Context:
     fused_next: bool  # a TensorProduct whose product the next GenConv contracts at once (the efficient layer)
     fused_prev: str | None  # a GenConv after such a TensorProduct: that layer's attribute
     next_layer: ir.Layer | None
+    in_set: bool  # between a set input and its SetPool: every batch entry is one element
     constants: list[Constant]
 
     def constant(self, stem: str, comment: str, lines: tuple[str, ...]) -> str:
@@ -291,6 +293,11 @@ def _(layer: ir.Dense, ctx: Context):
     return "Dense", {**kw, "dropout": repr(layer.dropout)}
 
 
+@constructor.register
+def _(layer: ir.SetPool, ctx: Context):
+    return "SetPool", {"mean": repr(layer.mean)}
+
+
 def _ints(**values: int) -> dict[str, str]:
     return {k: repr(v) for k, v in values.items()}
 
@@ -332,7 +339,7 @@ def _no_kernels(layer, ctx: Context) -> tuple[KernelPlan, ...]:
     return ()
 
 
-for _kind in (ir.Pointwise, ir.Norm, ir.Invariant, ir.Dense):
+for _kind in (ir.Pointwise, ir.Norm, ir.Invariant, ir.Dense, ir.SetPool):
     kernel_plans.register(_kind, _no_kernels)
 
 
@@ -400,15 +407,17 @@ def attribute(info: LayerInfo) -> str:
     return f"l{info.index + 1}_{type(info.layer).__name__.lower()}"
 
 
-def _contexts(infos: tuple[LayerInfo, ...]) -> list[Context]:
-    """One context per layer, with the fusion decision: a TensorProduct feeding a GenConv is fused."""
+def _contexts(infos: tuple[LayerInfo, ...], in_set: bool) -> list[Context]:
+    """One context per layer, with the fusion decision (a TensorProduct feeding a GenConv is fused)
+    and whether it acts on the elements of a set input (``in_set``: the model's input is a set)."""
     out: list[Context] = []
     for n, info in enumerate(infos):
         nxt = infos[n + 1].layer if n + 1 < len(infos) else None
         fused_next = isinstance(info.layer, ir.TensorProduct) and isinstance(nxt, ir.GenConv)
         prev = out[-1] if out else None
         fused_prev = prev.attr if prev and prev.fused_next else None
-        out.append(Context(info, attribute(info), fused_next, fused_prev, nxt, []))
+        out.append(Context(info, attribute(info), fused_next, fused_prev, nxt, in_set, []))
+        in_set = in_set and not isinstance(info.layer, ir.SetPool)
     return out
 
 
@@ -416,6 +425,8 @@ def _layer_plan(ctx: Context) -> LayerPlan:
     ctor, kwargs = constructor(ctx.info.layer, ctx)
     span = ctx.info.layer.span
     call = None if ctx.fused_next else f"self.{ctx.attr}(x)"
+    if isinstance(ctx.info.layer, ir.SetPool) or (isinstance(ctx.info.layer, ir.Norm) and ctx.in_set):
+        call = f"self.{ctx.attr}(x, members)"  # which elements of the set input are real
     if ctx.fused_prev:
         call = f"self.{ctx.attr}.after(self.{ctx.fused_prev}, x)"
     source = ir.dump_layer(ctx.info.layer)
@@ -449,7 +460,7 @@ def _grouped(constants: list[Constant]) -> Constant:
 def plan(analysis: Analysis, source: str, file: str) -> ModulePlan:
     """Decide everything the module template prints."""
     try:
-        contexts = _contexts(analysis.layers)
+        contexts = _contexts(analysis.layers, analysis.model.input.set)
         layers = [_layer_plan(c) for c in contexts]
         kernels = [k for c in contexts for k in kernel_plans(c.info.layer, c)]
     except SphcError as e:
@@ -462,6 +473,7 @@ def plan(analysis: Analysis, source: str, file: str) -> ModulePlan:
         canonical=tuple(ir.dump(analysis.model).splitlines()),
         input_shape=(inp.C, inp.L, 2 * inp.L - 1),
         input_where=repr((inp.span.file, inp.span.line, inp.span.col)) if inp.span else "None",
+        input_set=inp.set,
         layers=tuple(layers),
         constants=tuple(_grouped(ctx.constants) for ctx in contexts if ctx.constants),
         kernels=_with_sources_once(kernels),

@@ -14,6 +14,7 @@ are scattered into the padded complex tensors at call time.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -127,33 +128,88 @@ def _col_mask(cols: layout.Cols, width: int) -> np.ndarray:
     return mask
 
 
-class InputSHT(nn.Module):
-    """Check the sampled input and take its exact spherical-harmonic transform (MW grid)."""
+class Members(NamedTuple):
+    """Which elements of a set input are real (``InputSHT(set=True)`` → ``Norm``, ``SetPool``)."""
 
-    def __init__(self, C: int, L: int, where: Where = None):
+    mask: torch.Tensor  # (batch · elements,) bool, element-major within each example
+    size: int  # examples in the batch
+
+
+class InputSHT(nn.Module):
+    """Check the sampled input and take its exact spherical-harmonic transform (MW grid).
+
+    With ``set=True`` an example is a set of signals (batch, elements, C, L, 2L-1) padded to a common
+    size, with a mask (batch, elements) marking the real ones. Every element goes through the
+    per-element layers as one batch entry (static shapes: ``torch.compile(fullgraph=True)`` and DDP
+    see no data-dependent size); the mask keeps padding out of everything that mixes elements —
+    ``Norm``'s batch statistics and the ``SetPool`` — so it contributes exactly nothing.
+    """
+
+    def __init__(self, C: int, L: int, where: Where = None, set: bool = False):
         super().__init__()
-        self.C, self.L, self.where = C, L, where
+        self.C, self.L, self.where, self.set = C, L, where, set
         # follows .double()/.float()/.to() like the weights, so the input check knows the precision
         self.register_buffer("precision", torch.zeros(()), persistent=False)
         self.tables = S2Tables(L, inverse=False)  # non-persistent buffers: the call path is pure torch
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _fail(self, message: str, hint: str) -> SphcError:
+        return SphcError(message, Span(*self.where) if self.where else None, hint=hint)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None):
         expect = (self.C, self.L, 2 * self.L - 1)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expect:
-            raise SphcError(
-                f"model input must have shape (batch, {expect[0]}, {expect[1]}, {expect[2]}) "
-                f"= (batch, channels, L, 2L-1) real MW samples, got {tuple(x.shape)}",
-                Span(*self.where) if self.where else None,
-                hint="m.input_shape gives (channels, L, 2L-1)",
+        lead = ("batch", "elements") if self.set else ("batch",)
+        if x.dim() != len(lead) + 3 or tuple(x.shape[len(lead) :]) != expect:
+            names = ", ".join(lead)
+            raise self._fail(
+                f"model input must have shape ({names}, {expect[0]}, {expect[1]}, {expect[2]}) "
+                f"= ({names}, channels, L, 2L-1) real MW samples, got {tuple(x.shape)}",
+                "m.input_shape gives (channels, L, 2L-1)"
+                + (" of one element of the set" if self.set else ""),
             )
         if x.dtype != self.precision.dtype:
-            raise SphcError(
+            raise self._fail(
                 f"model input is {x.dtype} but the model computes in {self.precision.dtype}: pass real "
-                f"{self.precision.dtype} samples of shape (batch, {expect[0]}, {expect[1]}, {expect[2]})",
-                Span(*self.where) if self.where else None,
-                hint="pass real samples of the model's dtype, or convert the model with .double() / .float()",
+                f"{self.precision.dtype} samples of shape ({', '.join(lead)}, {expect[0]}, {expect[1]}, {expect[2]})",
+                "pass real samples of the model's dtype, or convert the model with .double() / .float()",
             )
-        return s2_forward_2d(x, self.L, tables=self.tables).unsqueeze(-1)
+        if not self.set:
+            if mask is not None:
+                raise self._fail("this model's input is not a set: it takes no mask", "call model(x)")
+            return s2_forward_2d(x, self.L, tables=self.tables).unsqueeze(-1)
+        B, A = x.shape[:2]
+        if mask is None:
+            mask = torch.ones(B, A, dtype=torch.bool, device=x.device)
+        if mask.shape != (B, A) or mask.dtype != torch.bool:
+            raise self._fail(
+                f"the set mask must be a bool tensor of shape (batch, elements) = {(B, A)}, "
+                f"got {mask.dtype} {tuple(mask.shape)}",
+                "True where an element is real, False where it is padding",
+            )
+        flat = mask.reshape(B * A)
+        x = torch.where(
+            flat[:, None, None, None], x.reshape(B * A, *expect), 0.0
+        )  # padding: zeros, never NaN
+        return s2_forward_2d(x, self.L, tables=self.tables).unsqueeze(-1), Members(flat, B)
+
+
+class SetPool(nn.Module):
+    """Sum (or mean) over each example's real elements: (batch · elements, F) → (batch, F).
+
+    Padding is selected away (``torch.where``), not multiplied by zero, so it contributes exactly
+    nothing; permuting a set changes the result by rounding only; an empty set gives zeros.
+    """
+
+    def __init__(self, mean: bool = False):
+        super().__init__()
+        self.mean = mean
+
+    def forward(self, x: torch.Tensor, members: Members) -> torch.Tensor:
+        B = members.size
+        mask = members.mask.reshape(B, -1, *([1] * (x.dim() - 1)))
+        out = torch.where(mask, x.reshape(B, -1, *x.shape[1:]), 0.0).sum(1)
+        if self.mean:
+            out = out / mask.sum(1).clamp_min(1).to(out.dtype)
+        return out
 
 
 class S2Conv(nn.Module):
@@ -495,9 +551,15 @@ class Norm(nn.Module):
         self.register_buffer("gamma_from", torch.from_numpy(owner), persistent=False)
         self.register_buffer("running_sq", torch.ones(C, len(cols), width))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, members: Members | None = None) -> torch.Tensor:
+        """``members``: inside a set, only real elements enter the batch statistics."""
         if self.training:
-            ms = (x.real**2 + x.imag**2).sum(3).mean(0)
+            sq = (x.real**2 + x.imag**2).sum(3)
+            if members is None:
+                ms = sq.mean(0)
+            else:
+                real = members.mask[:, None, None, None]
+                ms = torch.where(real, sq, 0.0).sum(0) / members.mask.sum().clamp_min(1).to(sq.dtype)
             with torch.no_grad():
                 self.running_sq.lerp_(ms.detach().to(self.running_sq.dtype), self.momentum)
         else:
