@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sphc import __version__, config
 from sphc.compiler.analysis import compare_table, explain_table
-from sphc.compiler.pipeline import STAGES, check_source, compile_source, load_source
+from sphc.compiler.pipeline import STAGES, check_source, compile_source, load_source, read_model
 from sphc.compiler.tuning import read_tuning, source_mismatch
 from sphc.errors import SphcError
 
@@ -185,19 +185,6 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_model(path: Path) -> tuple[str, str]:
-    """(text, file name) of a model file; unreadable or non-UTF-8 files are user errors."""
-    try:
-        return path.read_text(encoding="utf-8"), str(path)
-    except OSError as e:
-        raise SphcError(f"cannot read {path}: {e.strerror}") from None
-    except UnicodeDecodeError as e:
-        raise SphcError(
-            f"cannot read {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
-            hint="save the model as UTF-8",
-        ) from None
-
-
 @contextlib.contextmanager
 def _limit_scale(scale: float | None):
     """``--limit-scale K`` is ``SPHC_LIMIT_SCALE=K`` for this command (sphc/config.py reads it)."""
@@ -227,7 +214,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"wrote {png}")
         return 0
     if args.command == "explain":
-        named = [(str(path), check_source(*_read_model(path))) for path in args.model]
+        named = [(str(path), check_source(*read_model(path))) for path in args.model]
         if len(named) == 1:
             print(explain_table(named[0][1]))
         else:
@@ -235,7 +222,7 @@ def _run(args: argparse.Namespace) -> int:
                 print(f"== {name} ==\n{explain_table(a)}\n")
             print(compare_table(named))
         return 0
-    text, file = _read_model(args.model)
+    text, file = read_model(args.model)
     if args.command == "tune":
         return _tune(args, text, file)
     if args.command == "check":

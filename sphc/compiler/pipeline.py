@@ -59,20 +59,25 @@ def plan_source(
     return plan.plan(checked or check_source(text, file), text, file)
 
 
+def read_model(path: Path) -> tuple[str, str]:
+    """(text, file name) of a model file; unreadable or non-UTF-8 files are user errors."""
+    try:
+        return path.read_text(encoding="utf-8"), str(path)
+    except OSError as e:
+        raise SphcError(f"cannot read {path}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise SphcError(
+            f"cannot read {path}: not UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})",
+            hint="save the model as UTF-8",
+        ) from None
+
+
 def _read(path_or_text: str | Path) -> tuple[str, str]:
     """``(text, file name)``: a path that exists is read, anything else is taken as source text."""
     if isinstance(path_or_text, Path) or (
         "\n" not in str(path_or_text) and str(path_or_text).endswith(".sph")
     ):
-        path = Path(path_or_text)
-        try:
-            return path.read_text(encoding="utf-8"), str(path)
-        except OSError as e:
-            raise SphcError(f"cannot read model file {path}: {e.strerror}") from None
-        except UnicodeDecodeError as e:
-            raise SphcError(
-                f"cannot read model file {path}: not UTF-8 text (offset {e.start})", hint="save it as UTF-8"
-            ) from None
+        return read_model(Path(path_or_text))
     return str(path_or_text), "<string>"
 
 
