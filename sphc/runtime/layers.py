@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from sphc import layout
 from sphc.errors import Span, SphcError, SphcInternalError
-from sphc.runtime import ops, tp_kernels
+from sphc.runtime import fast_pointwise, ops, tp_kernels
 from sphc.runtime.transforms import (
     S2Tables,
     SO3Tables,
@@ -235,10 +235,13 @@ class Pointwise(nn.Module):
         self.L_os = L * oversample
         self.N_os = min(N * oversample, self.L_os)
         self.act = _ACTIVATIONS[act]()
+        self.backend = "auto"  # "reference": the transforms below; otherwise runtime.fast_pointwise
         # the transform tables of the (oversampled) grid, as non-persistent buffers of this layer
         self.tables = S2Tables(self.L_os) if domain == "s2" else SO3Tables(self.L_os, self.N_os)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend != "reference":
+            return fast_pointwise.pointwise(x, self.act, self.L_os, self.N_os, self.domain == "so3")
         if self.domain == "s2":
             f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True, tables=self.tables)
             y = s2_forward_2d(self.act(f), self.L_os, tables=self.tables)

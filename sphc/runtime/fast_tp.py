@@ -1,0 +1,267 @@
+"""The fast torch path of the tensor product (fused with GenConv's uniform projection, or not).
+
+The reference (``ops.tp_reference``) gathers every distinct product x[s1] x[s2] into one
+(products, B·C) tensor, applies the CG sums as a sparse matrix and only then the projection: it
+moves the whole expanded fragment tensor through memory several times. Here one path
+(l1, l2, l) at a time:
+
+* the factor of smaller degree, ``a``, is read in reversed order m_a = l_a − k, the other, ``b``,
+  through a strided "skew" view of its zero-padded rows: row (k, m) of the view is
+  x_b[m − m_a], so the CG sum over m_a of every output order m is a sum over k of one broadcast
+  product ``(C[k, m] x_a[k, i]) · x_b[k, m, j]`` — no index gather, batch (B·C) contiguous last;
+* the path's column pairs are read off that (i, j) grid and projected at once onto U[l, cols, :]
+  (a small matmul), so only one path's products exist at a time (never the τ²·|P^l| tensor);
+* the backward recomputes the path's products and is written out (custom-op bodies run below
+  autograd): grad U from the recomputed products, grad x by the same broadcast products
+  against conj of the other factor, the skew view's gradient scattered back with ``index_add_``.
+
+The plan (paths, columns, CG blocks) is decoded from the reference's own index tables (``ref`` =
+src1, src2, cg_index, coef), so both paths read one source of truth; it is cached per ``ref``
+tensor object (weakly: it goes with the buffer). Orders |m| > l of the input are never read.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class PathPlan:
+    """One path: output degree ``l``; factor ``a`` (degree ``la``, columns ``a0 .. a0+na-1``) read
+    reversed, factor ``b`` (``lb``, ``b0 .. b0+nb-1``) through the skew view; ``grid`` = positions
+    of the path's pairs in the (na, nb) grid; ``cols`` = their output columns; ``cg`` = C[k, m+l]."""
+
+    l: int
+    la: int
+    a0: int
+    na: int
+    lb: int
+    b0: int
+    nb: int
+    grid: np.ndarray
+    cols: np.ndarray
+    cg: np.ndarray
+    full_grid: bool
+
+
+@dataclass(frozen=True)
+class TPPlan:
+    L_in: int
+    T_in: int
+    L: int
+    width: int
+    pad: int  # zero rows added on each side of the m axis so every skew view stays in bounds
+    paths: tuple[PathPlan, ...]
+
+
+_PLANS: dict[int, tuple] = {}  # id(src1 tensor) -> (weak ref to it, sizes, plan)
+_TORCH_CG: dict = {}
+
+
+def plan_of(ref: list[torch.Tensor], L_in: int, T_in: int, L: int, width: int) -> TPPlan:
+    """The plan of the reference tables ``ref``, cached per ``src1`` tensor object while it lives."""
+    sizes = (L_in, T_in, L, width)
+    cached = _PLANS.get(id(ref[0]))
+    if cached is not None and cached[0]() is ref[0] and cached[1] == sizes:
+        return cached[2]
+    plan = _build_plan([t.cpu().numpy() for t in ref], L_in, T_in, L, width)
+    _PLANS[id(ref[0])] = (weakref.ref(ref[0]), sizes, plan)
+    weakref.finalize(ref[0], _PLANS.pop, id(ref[0]), None)
+    return plan
+
+
+def _build_plan(ref, L_in, T_in, L, width) -> TPPlan:
+    src1, src2, cg_index, coef = ref
+    M_in, M = 2 * L_in - 1, 2 * L - 1
+    dst, prod = cg_index
+    s1, s2 = src1[prod], src2[prod]
+    l1, r1 = np.divmod(s1 // T_in, M_in)
+    l2, r2 = np.divmod(s2 // T_in, M_in)
+    i, j = s1 % T_in, s2 % T_in
+    m1, m2 = r1 - (L_in - 1), r2 - (L_in - 1)
+    lm, col = np.divmod(dst, width)
+    l, m = np.divmod(lm, M)
+    m = m - (L - 1)
+    paths, pad = [], 0
+    triples = np.stack([l1, l2, l], 1)
+    uniq, inverse = np.unique(triples, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    for p, (pl1, pl2, pl) in enumerate(uniq.tolist()):
+        e = inverse == p
+        swap = pl2 < pl1  # factor a = the one of smaller degree
+        la, lb = (pl2, pl1) if swap else (pl1, pl2)
+        ia, ib = (j[e], i[e]) if swap else (i[e], j[e])
+        ma = (m2 if swap else m1)[e]
+        a0, b0 = int(ia.min()), int(ib.min())
+        na, nb = int(ia.max()) - a0 + 1, int(ib.max()) - b0 + 1
+        # pairs: one output column per (i, j); the CG value per (m, m_a) is shared by all pairs
+        pair_key = (ia - a0) * nb + (ib - b0)
+        grid, first = np.unique(pair_key, return_index=True)
+        cols = col[e][first]
+        cg = np.zeros((2 * la + 1, 2 * pl + 1))
+        cg[la - ma, m[e] + pl] = coef[e]
+        full = len(grid) == na * nb
+        paths.append(PathPlan(pl, la, a0, na, lb, b0, nb, grid, cols, cg, full))
+        pad = max(pad, pl + la - (L_in - 1))
+    return TPPlan(L_in, T_in, L, width, pad, tuple(sorted(paths, key=lambda q: q.l)))
+
+
+def _cg(path: PathPlan, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    key = (id(path.cg), dtype, device)
+    t = _TORCH_CG.get(key)
+    if t is None:
+        t = torch.tensor(path.cg, dtype=dtype, device=device)[:, :, None, None]
+        _TORCH_CG[key] = t
+        weakref.finalize(path.cg, _TORCH_CG.pop, key, None)
+    return t
+
+
+def _rows(x: torch.Tensor, plan: TPPlan) -> torch.Tensor:
+    """(B, C, L, 2L−1, T) → zero-padded batch-last rows (L, 2L−1 + 2·pad, T, B·C), orders |m| > l zeroed."""
+    B, C, L_in, M_in, T = x.shape
+    mask = _order_mask(L_in, x.device)[:, :, None, None, None]
+    rows = torch.where(mask, x.permute(2, 3, 4, 0, 1), torch.zeros((), dtype=x.dtype, device=x.device))
+    rows = rows.reshape(L_in, M_in, T, B * C)
+    if plan.pad:
+        rows = torch.nn.functional.pad(rows, (0, 0, 0, 0, plan.pad, plan.pad))
+    return rows
+
+
+def _order_mask(L: int, device) -> torch.Tensor:
+    l = torch.arange(L, device=device)[:, None]
+    m = torch.arange(2 * L - 1, device=device)[None, :] - (L - 1)
+    return m.abs() <= l
+
+
+def _factors(rows: torch.Tensor, plan: TPPlan, p: PathPlan):
+    """(x_a reversed (K, na, BC), skew view of x_b (K, 2l+1, nb, BC), first padded row of the view)."""
+    c = plan.pad + plan.L_in - 1  # padded row of m = 0
+    xa = rows[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na].flip(0)
+    base = c - p.l - p.la  # row of m_b = m − m_a at k = 0, m = −l
+    block = rows[p.lb, :, p.b0 : p.b0 + p.nb]
+    s = block.stride()
+    xb = block.as_strided(
+        (2 * p.la + 1, 2 * p.l + 1, p.nb, block.shape[-1]),
+        (s[0], s[0], s[1], s[2]),
+        block.storage_offset() + base * s[0],
+    )
+    return xa, xb, base
+
+
+def _products(xa, xb, cg, p: PathPlan) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y = C·x_a (K, 2l+1, na, BC), the path's products (2l+1, pairs, BC))."""
+    y = cg * xa[:, None]
+    n = (y[:, :, :, None] * xb[:, :, None]).sum(0)  # (2l+1, na, nb, BC)
+    n = n.reshape(n.shape[0], p.na * p.nb, n.shape[-1])
+    if not p.full_grid:
+        n = n[:, torch.as_tensor(p.grid, device=n.device)]
+    return y, n
+
+
+def _assemble(blocks: list[torch.Tensor | None], L: int, cols: int, B: int, C: int, like: torch.Tensor):
+    """Per-degree (2l+1, cols, B·C) blocks → the padded layout (B, C, L, 2L−1, cols)."""
+    out = like.new_zeros(L, 2 * L - 1, cols, B * C)
+    for l, blk in enumerate(blocks):
+        if blk is not None:
+            out[l, L - 1 - l : L + l] = blk
+    return out.view(L, 2 * L - 1, cols, B, C).permute(3, 4, 0, 1, 2).contiguous()
+
+
+def _blocks(x: torch.Tensor, plan: TPPlan, L: int, u: torch.Tensor | None):
+    """Forward per output degree: (2l+1, τ_u, BC) projected blocks (``u`` given) or (2l+1, width, BC)."""
+    rows = _rows(x, plan)
+    real = x.real.dtype
+    blocks: list[torch.Tensor | None] = [None] * L
+    for p in plan.paths:
+        if p.l >= L:
+            continue
+        xa, xb, _ = _factors(rows, plan, p)
+        _, n = _products(xa, xb, _cg(p, real, x.device), p)
+        if u is not None:
+            w = u[p.l, torch.as_tensor(p.cols, device=x.device)].transpose(0, 1)  # (τ_u, pairs)
+            contrib = torch.matmul(w, n)
+        else:
+            contrib = n.new_zeros(n.shape[0], plan.width, n.shape[-1])
+            contrib[:, torch.as_tensor(p.cols, device=x.device)] = n
+        blocks[p.l] = contrib if blocks[p.l] is None else blocks[p.l] + contrib
+    return blocks
+
+
+def tp_project(x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], L_tp: int) -> torch.Tensor:
+    """Same function as ``ops._tp_project_reference``: TP(x) contracted with u (L, width, τ_u), l < L."""
+    B, C, L_in, _, T = x.shape
+    L, width, tau_u = u.shape
+    plan = plan_of(ref, L_in, T, L_tp, width)
+    return _assemble(_blocks(x, plan, L, u), L, tau_u, B, C, x)
+
+
+def tensor_product(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
+    """Same function as ``ops.tp_reference``: the expanded (B, C, L, 2L−1, width) tensor product."""
+    B, C, L_in, _, T = x.shape
+    plan = plan_of(ref, L_in, T, L, width)
+    return _assemble(_blocks(x, plan, L, None), L, width, B, C, x)
+
+
+def _grad_rows(g: torch.Tensor, L: int) -> list[torch.Tensor]:
+    """(B, C, L, 2L−1, k) output gradient → per degree (2l+1, k, B·C) batch-last blocks."""
+    B, C = g.shape[:2]
+    rows = g.permute(2, 3, 4, 0, 1).reshape(L, 2 * L - 1, g.shape[-1], B * C)
+    return [rows[l, L - 1 - l : L + l] for l in range(L)]
+
+
+def _backward(g, x, u, ref, L_tp, width):
+    """(grad x, grad u or None) for ``tp_project`` (``u`` given) or ``tensor_product``."""
+    B, C, L_in, M_in, T = x.shape
+    plan = plan_of(ref, L_in, T, L_tp, width)
+    L = g.shape[2]
+    rows = _rows(x, plan)
+    g_rows = _grad_rows(g, L)
+    grad_rows = torch.zeros_like(rows)
+    gu = torch.zeros_like(u) if u is not None else None
+    real = x.real.dtype
+    for p in plan.paths:
+        if p.l >= L:
+            continue
+        xa, xb, base = _factors(rows, plan, p)
+        cg = _cg(p, real, x.device)
+        cols = torch.as_tensor(p.cols, device=x.device)
+        ga = g_rows[p.l]
+        if u is not None:
+            y, n = _products(xa, xb, cg, p)
+            w = u[p.l, cols]  # (pairs, τ_u)
+            gu[p.l].index_add_(0, cols, torch.matmul(n.conj(), ga.transpose(1, 2)).sum(0))
+            gn = torch.matmul(w.conj(), ga)  # (2l+1, pairs, BC)
+        else:
+            y = cg * xa[:, None]
+            gn = ga[:, cols]
+        if not p.full_grid:
+            full = gn.new_zeros(gn.shape[0], p.na * p.nb, gn.shape[-1])
+            full[:, torch.as_tensor(p.grid, device=x.device)] = gn
+            gn = full
+        gn = gn.view(gn.shape[0], p.na, p.nb, gn.shape[-1])
+        gy = (gn[None] * xb.conj()[:, :, None]).sum(3)  # (K, 2l+1, na, BC)
+        gxb = (gn[None] * y.conj()[:, :, :, None]).sum(2)  # (K, 2l+1, nb, BC)
+        c = plan.pad + L_in - 1
+        ga_rows = grad_rows[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na]
+        ga_rows += (cg * gy).sum(1).flip(0)
+        K, Mo = gxb.shape[:2]
+        idx = base + (torch.arange(K, device=x.device)[:, None] + torch.arange(Mo, device=x.device)).reshape(
+            -1
+        )
+        grad_rows[p.lb, :, p.b0 : p.b0 + p.nb].index_add_(0, idx, gxb.reshape(K * Mo, p.nb, -1))
+    grad = grad_rows[:, plan.pad : plan.pad + M_in].reshape(L_in, M_in, T, B, C).permute(3, 4, 0, 1, 2)
+    mask = _order_mask(L_in, x.device)[None, None, :, :, None]
+    grad = torch.where(mask, grad, torch.zeros((), dtype=grad.dtype, device=grad.device)).contiguous()
+    return grad, gu
+
+
+def tp_project_backward(g, x, u, ref, L_tp):
+    return _backward(g, x, u, ref, L_tp, u.shape[1])
+
+
+def tensor_product_backward(g, x, ref, L, width):
+    return _backward(g, x, None, ref, L, width)[0]
