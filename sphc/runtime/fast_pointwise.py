@@ -92,6 +92,49 @@ def torch_grid_tables(
     }
 
 
+#: Columns of the sample grid per chunk of ``_GammaSandwich``: its (2N_os−1) × chunk samples stay in cache.
+CHUNK = 16384
+
+
+class _GammaSandwich(torch.autograd.Function):
+    """``fwd_gamma @ act(inv_gamma @ h)`` in column chunks, the samples never stored whole.
+
+    The samples are the one large tensor of a pointwise layer ((2N_os−1) per column, k³ times the
+    coefficients); computing, activating and analysing them chunk by chunk keeps them in cache, and
+    the backward recomputes each chunk from ``h`` instead of saving the samples or the activation.
+    """
+
+    @staticmethod
+    def forward(ctx, h, inv_gamma, fwd_gamma, act):
+        ctx.save_for_backward(h, inv_gamma, fwd_gamma)
+        ctx.act = act
+        out = h.new_empty(fwd_gamma.shape[0], h.shape[1])
+        for s in range(0, h.shape[1], CHUNK):
+            torch.mm(fwd_gamma, act(inv_gamma @ h[:, s : s + CHUNK]), out=out[:, s : s + CHUNK])
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        h, inv_gamma, fwd_gamma = ctx.saved_tensors
+        gh = torch.empty_like(h)
+        back, fwd_t = inv_gamma.T, fwd_gamma.T
+        for s in range(0, h.shape[1], CHUNK):
+            f = inv_gamma @ h[:, s : s + CHUNK]
+            torch.mm(back, _act_backward(ctx.act, f, fwd_t @ g[:, s : s + CHUNK]), out=gh[:, s : s + CHUNK])
+        return gh, None, None, None
+
+
+def _act_backward(act, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """grad of ``act`` at ``f`` times ``g`` (ReLU and identity directly, others through autograd)."""
+    if isinstance(act, torch.nn.ReLU):
+        return g.masked_fill_(f <= 0, 0.0)
+    if isinstance(act, torch.nn.Identity):
+        return g
+    with torch.enable_grad():
+        f = f.detach().requires_grad_(True)
+        return torch.autograd.grad(act(f), f, g)[0]
+
+
 def pointwise(x: torch.Tensor, act, L_os: int, N_os: int, so3: bool) -> torch.Tensor:
     """``act`` on the (L_os, N_os) MW samples of the real signal ``x`` (B, C, L, 2L−1, 2N−1), back to x's bandlimits."""
     B, C, L, M, T = x.shape
@@ -110,9 +153,13 @@ def pointwise(x: torch.Tensor, act, L_os: int, N_os: int, so3: bool) -> torch.Te
     bc = B * C
     g_rows = torch.bmm(z, t["inv_beta"].view(N * M, L, L_os))  # (n, m), (c, bc), t
     h = torch.matmul(t["inv_alpha"], g_rows.view(N, 2 * M, bc * L_os))  # n, (c', a), (bc, t)
-    f = t["inv_gamma"] @ h.view(2 * N, A * bc * L_os)  # g, (a, bc, t): real samples
-    f = act(f)
-    F = (t["fwd_gamma"] @ f).view(N, 2 * A, bc * L_os)  # n, (c, a), (bc, t)
+    h = h.view(2 * N, A * bc * L_os)
+    # γ synthesis → σ on the samples (g, (a, bc, t)) → γ analysis
+    if torch.compiler.is_compiling():
+        F = t["fwd_gamma"] @ act(t["inv_gamma"] @ h)
+    else:
+        F = _GammaSandwich.apply(h, t["inv_gamma"], t["fwd_gamma"], act)
+    F = F.view(N, 2 * A, bc * L_os)  # n, (c, a), (bc, t)
     F = torch.matmul(t["fwd_alpha"], F)  # n, (m, c'), (bc, t)
     y = torch.bmm(F.view(N * M, 2 * bc, L_os), t["fwd_beta"].view(N * M, L_os, L))  # (n, m), (c, bc), l
     y = y.view(N, M, 2, B, C, L).permute(3, 4, 5, 1, 0, 2)  # (B, C, L, m, n >= 0, re/im)
