@@ -92,36 +92,47 @@ def torch_grid_tables(
     }
 
 
-#: Columns of the sample grid per chunk of ``_GammaSandwich``: its (2N_os−1) × chunk samples stay in cache.
+#: Samples per chunk of ``_Grid``: its (2N_os−1) × (2L_os−1) × columns samples stay in cache.
 CHUNK = 16384
 
 
-class _GammaSandwich(torch.autograd.Function):
-    """``fwd_gamma @ act(inv_gamma @ h)`` in column chunks, the samples never stored whole.
+class _Grid(torch.autograd.Function):
+    """α, γ synthesis → σ on the samples → γ, α analysis, in chunks of (b, c, t) columns.
 
-    The samples are the one large tensor of a pointwise layer ((2N_os−1) per column, k³ times the
-    coefficients); computing, activating and analysing them chunk by chunk keeps them in cache, and
-    the backward recomputes each chunk from ``h`` instead of saving the samples or the activation.
+    The samples are the one large tensor of a pointwise layer (k³ times the coefficients for
+    oversampling k); computing, activating and analysing them chunk by chunk keeps every
+    intermediate in cache and allocates nothing grid-sized. The backward recomputes each chunk's
+    samples from the saved ring coefficients instead of saving the samples or the activation.
     """
 
     @staticmethod
-    def forward(ctx, h, inv_gamma, fwd_gamma, act):
-        ctx.save_for_backward(h, inv_gamma, fwd_gamma)
+    def forward(ctx, g_rows, inv_alpha, inv_gamma, fwd_gamma, fwd_alpha, act):
+        ctx.save_for_backward(g_rows, inv_alpha, inv_gamma, fwd_gamma, fwd_alpha)
         ctx.act = act
-        out = h.new_empty(fwd_gamma.shape[0], h.shape[1])
-        for s in range(0, h.shape[1], CHUNK):
-            torch.mm(fwd_gamma, act(inv_gamma @ h[:, s : s + CHUNK]), out=out[:, s : s + CHUNK])
+        N, X = g_rows.shape[0], g_rows.shape[2]
+        A2 = inv_alpha.shape[0]
+        out = g_rows.new_empty(N, fwd_alpha.shape[0], X)
+        step = max(1, CHUNK // (A2 // 2))
+        for s in range(0, X, step):
+            h = torch.matmul(inv_alpha, g_rows[:, :, s : s + step])  # n, (c', a), cols
+            f = act(inv_gamma @ h.view(2 * N, -1))  # g, (a, cols): the samples
+            F = (fwd_gamma @ f).view(N, A2, -1)
+            torch.matmul(fwd_alpha, F, out=out[:, :, s : s + step])
         return out
 
     @staticmethod
-    def backward(ctx, g):
-        h, inv_gamma, fwd_gamma = ctx.saved_tensors
-        gh = torch.empty_like(h)
-        back, fwd_t = inv_gamma.T, fwd_gamma.T
-        for s in range(0, h.shape[1], CHUNK):
-            f = inv_gamma @ h[:, s : s + CHUNK]
-            torch.mm(back, _act_backward(ctx.act, f, fwd_t @ g[:, s : s + CHUNK]), out=gh[:, s : s + CHUNK])
-        return gh, None, None, None
+    def backward(ctx, grad):
+        g_rows, inv_alpha, inv_gamma, fwd_gamma, fwd_alpha = ctx.saved_tensors
+        N, X = g_rows.shape[0], g_rows.shape[2]
+        A2 = inv_alpha.shape[0]
+        out = torch.empty_like(g_rows)
+        step = max(1, CHUNK // (A2 // 2))
+        for s in range(0, X, step):
+            f = inv_gamma @ torch.matmul(inv_alpha, g_rows[:, :, s : s + step]).view(2 * N, -1)
+            gF = torch.matmul(fwd_alpha.T, grad[:, :, s : s + step])
+            gf = _act_backward(ctx.act, f, fwd_gamma.T @ gF.view(2 * N, -1))
+            torch.matmul(inv_alpha.T, (inv_gamma.T @ gf).view(N, A2, -1), out=out[:, :, s : s + step])
+        return out, None, None, None, None, None
 
 
 def _act_backward(act, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
@@ -152,15 +163,13 @@ def pointwise(x: torch.Tensor, act, L_os: int, N_os: int, so3: bool) -> torch.Te
     z = z.reshape(N * M, 2 * B * C, L)
     bc = B * C
     g_rows = torch.bmm(z, t["inv_beta"].view(N * M, L, L_os))  # (n, m), (c, bc), t
-    h = torch.matmul(t["inv_alpha"], g_rows.view(N, 2 * M, bc * L_os))  # n, (c', a), (bc, t)
-    h = h.view(2 * N, A * bc * L_os)
-    # γ synthesis → σ on the samples (g, (a, bc, t)) → γ analysis
-    if torch.compiler.is_compiling():
-        F = t["fwd_gamma"] @ act(t["inv_gamma"] @ h)
+    g_rows = g_rows.view(N, 2 * M, bc * L_os)
+    tabs = (t["inv_alpha"], t["inv_gamma"], t["fwd_gamma"], t["fwd_alpha"])
+    if torch.compiler.is_compiling():  # the same maps unchunked: traceable
+        h = torch.matmul(tabs[0], g_rows).view(2 * N, -1)  # n, (c', a), (bc, t)
+        F = torch.matmul(tabs[3], (tabs[2] @ act(tabs[1] @ h)).view(N, 2 * A, -1))
     else:
-        F = _GammaSandwich.apply(h, t["inv_gamma"], t["fwd_gamma"], act)
-    F = F.view(N, 2 * A, bc * L_os)  # n, (c, a), (bc, t)
-    F = torch.matmul(t["fwd_alpha"], F)  # n, (m, c'), (bc, t)
+        F = _Grid.apply(g_rows, *tabs, act)  # n, (m, c'), (bc, t)
     y = torch.bmm(F.view(N * M, 2 * bc, L_os), t["fwd_beta"].view(N * M, L_os, L))  # (n, m), (c, bc), l
     y = y.view(N, M, 2, B, C, L).permute(3, 4, 5, 1, 0, 2)  # (B, C, L, m, n >= 0, re/im)
     y = torch.view_as_complex(y.contiguous())
