@@ -138,7 +138,7 @@ class _Grid(torch.autograd.Function):
 def _act_backward(act, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     """grad of ``act`` at ``f`` times ``g`` (ReLU and identity directly, others through autograd)."""
     if isinstance(act, torch.nn.ReLU):
-        return g.masked_fill_(f <= 0, 0.0)
+        return torch.ops.aten.threshold_backward(g, f, 0)  # what ReLU's own backward computes
     if isinstance(act, torch.nn.Identity):
         return g
     with torch.enable_grad():

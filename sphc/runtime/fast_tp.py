@@ -160,10 +160,13 @@ def _order_mask(L: int, device) -> torch.Tensor:
     return m.abs() <= l
 
 
-def _factors(rows: torch.Tensor, plan: TPPlan, p: PathPlan):
-    """(x_a reversed (K, na, BC), skew view of x_b (K, 2l+1, nb, BC), first padded row of the view)."""
+def _factors(rows: torch.Tensor, rows_rev: torch.Tensor, plan: TPPlan, p: PathPlan):
+    """(x_a reversed (K, na, BC), skew view of x_b (K, 2l+1, nb, BC), first padded row of the view).
+
+    ``rows_rev`` = ``rows`` with the m axis reversed (the padding is symmetric): x_a is a view of it.
+    """
     c = plan.pad + plan.L_in - 1  # padded row of m = 0
-    xa = rows[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na].flip(0)
+    xa = rows_rev[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na]
     base = c - p.l - p.la  # row of m_b = m − m_a at k = 0, m = −l
     block = rows[p.lb, :, p.b0 : p.b0 + p.nb]
     s = block.stride()
@@ -197,11 +200,12 @@ def _assemble(blocks: list[torch.Tensor | None], L: int, cols: int, B: int, C: i
 def _blocks(x: torch.Tensor, plan: TPPlan, L: int, u: torch.Tensor | None):
     """Forward per output degree: (2l+1, τ_u, BC) projected blocks (``u`` given) or (2l+1, width, BC)."""
     rows = _rows(x, plan)
+    rows_rev = rows.flip(1)
     blocks: list[torch.Tensor | None] = [None] * L
     for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)):
         if p.l >= L:
             continue
-        xa, xb, _ = _factors(rows, plan, p)
+        xa, xb, _ = _factors(rows, rows_rev, plan, p)
         _, n = _products(xa, xb, t, p)
         if u is not None:
             contrib = torch.matmul(u[p.l, t.cols].transpose(0, 1), n)  # (τ_u, pairs) @ (2l+1, pairs, BC)
@@ -253,14 +257,16 @@ def _backward(g, x, u, ref, L_tp, width):
     plan = plan_of(ref, L_in, T, L_tp, width)
     L = g.shape[2]
     rows = _rows(x, plan)
+    rows_rev = rows.flip(1)
     gc_rows = _grad_rows(g.conj(), L)
     grad_c = torch.zeros_like(rows)  # conj(grad) of the padded rows
+    grad_rev = torch.zeros_like(rows)  # the same, m reversed (where the reversed factors' part goes)
     gu_c = torch.zeros_like(u) if u is not None else None
     c = plan.pad + L_in - 1
     for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)):
         if p.l >= L:
             continue
-        xa, xb, base = _factors(rows, plan, p)
+        xa, xb, base = _factors(rows, rows_rev, plan, p)
         gac = gc_rows[p.l]
         if u is not None:
             y, n = _products(xa, xb, t, p)
@@ -276,9 +282,10 @@ def _backward(g, x, u, ref, L_tp, width):
         gnc = gnc.view(gnc.shape[0], p.na, p.nb, gnc.shape[-1])
         gyc = _contract(gnc[None], xb[:, :, None], 3)  # (K, 2l+1, na, BC)
         gxbc = _contract(gnc[None], y[:, :, :, None], 2)  # (K, 2l+1, nb, BC)
-        grad_c[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na] += (t.cg * gyc).sum(1).flip(0)
+        grad_rev[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na] += (t.cg * gyc).sum(1)
         rows_b = grad_c[p.lb, :, p.b0 : p.b0 + p.nb]
         rows_b.index_add_(0, t.skew + base, gxbc.reshape(-1, p.nb, gxbc.shape[-1]))
+    grad_c += grad_rev.flip(1)
     grad = grad_c[:, plan.pad : plan.pad + M_in].reshape(L_in, M_in, T, B, C).permute(3, 4, 0, 1, 2)
     mask = _order_mask(L_in, x.device)[None, None, :, :, None]
     grad = torch.where(mask, grad.conj(), torch.zeros((), dtype=grad.dtype, device=grad.device))
