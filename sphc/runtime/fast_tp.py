@@ -13,7 +13,8 @@ moves the whole expanded fragment tensor through memory several times. Here one 
   (a small matmul), so only one path's products exist at a time (never the τ²·|P^l| tensor);
 * the backward recomputes the path's products and is written out (custom-op bodies run below
   autograd): grad U from the recomputed products, grad x by the same broadcast products
-  against conj of the other factor, the skew view's gradient scattered back with ``index_add_``.
+  against the other factor; the skew view's gradient is written through a skewed view of a
+  zero tensor and summed over k (its adjoint without an index scatter).
 
 The plan (paths, columns, CG blocks) is decoded from the reference's own index tables (``ref`` =
 src1, src2, cg_index, coef), so both paths read one source of truth; it is cached per ``ref``
@@ -111,13 +112,11 @@ def _build_plan(ref, L_in, T_in, L, width) -> TPPlan:
 
 @dataclass(frozen=True)
 class PathTensors:
-    """A path's tables on one device: CG block (K, 2l+1, 1, 1), output columns, pair grid, and the
-    flat skew rows (k + m) that the backward scatters into."""
+    """A path's tables on one device: CG block (K, 2l+1, 1, 1), output columns, pair grid."""
 
     cg: torch.Tensor
     cols: torch.Tensor
     grid: torch.Tensor | None
-    skew: torch.Tensor
 
 
 _TENSORS: dict = {}  # (id(plan), dtype, device) -> per-path tensors
@@ -129,13 +128,11 @@ def _tensors(plan: TPPlan, dtype: torch.dtype, device: torch.device) -> list[Pat
     if got is None:
         got = []
         for p in plan.paths:
-            K, Mo = 2 * p.la + 1, 2 * p.l + 1
             got.append(
                 PathTensors(
                     torch.tensor(p.cg, dtype=dtype, device=device)[:, :, None, None],
                     torch.as_tensor(p.cols, device=device),
                     None if p.full_grid else torch.as_tensor(p.grid, device=device),
-                    torch.as_tensor((np.arange(K)[:, None] + np.arange(Mo)).reshape(-1), device=device),
                 )
             )
         _TENSORS[key] = got
@@ -231,13 +228,25 @@ def tensor_product(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int)
     return _assemble(_blocks(x, plan, L, None), L, width, B, C, x)
 
 
-def _contract(a: torch.Tensor, b: torch.Tensor, dim: int) -> torch.Tensor:
-    """Σ over ``dim`` (a column axis of 2–3 entries) of a·b, as a chain of in-place multiply-adds:
-    measured faster than the broadcast product and a reduction over a middle axis."""
-    out = a.select(dim, 0) * b.select(dim, 0)
-    for k in range(1, max(a.shape[dim], b.shape[dim])):
-        out.addcmul_(a.select(dim, min(k, a.shape[dim] - 1)), b.select(dim, min(k, b.shape[dim] - 1)))
+def _contract(a: torch.Tensor, b: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over ``dim`` (a column axis of a few entries, in both) of a·b, as a chain of in-place
+    multiply-adds (measured faster than the broadcast product and a reduction over a middle axis),
+    written into ``out`` when given."""
+    out = torch.mul(a.select(dim, 0), b.select(dim, 0), out=out)
+    for k in range(1, a.shape[dim]):
+        out.addcmul_(a.select(dim, k), b.select(dim, k))
     return out
+
+
+def _unskew(shape: tuple[int, ...], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zeros Z (K, K + M − 1, ...), the view V (K, M, ...) of Z with V[k, m] = Z[k, k + m]).
+
+    Written through V, Z.sum(0) is the adjoint of the skew view: row r collects every (k, m)
+    with k + m = r, in one reduction instead of an index scatter."""
+    K, M, *rest = shape
+    z = like.new_zeros(K, K + M - 1, *rest)
+    s = z.stride()
+    return z, z.as_strided(shape, (s[0] + s[1], *s[1:]))
 
 
 def _grad_rows(g: torch.Tensor, L: int) -> list[torch.Tensor]:
@@ -281,10 +290,10 @@ def _backward(g, x, u, ref, L_tp, width):
             gnc = full
         gnc = gnc.view(gnc.shape[0], p.na, p.nb, gnc.shape[-1])
         gyc = _contract(gnc[None], xb[:, :, None], 3)  # (K, 2l+1, na, BC)
-        gxbc = _contract(gnc[None], y[:, :, :, None], 2)  # (K, 2l+1, nb, BC)
+        z, zv = _unskew((gyc.shape[0], gyc.shape[1], p.nb, gyc.shape[-1]), gyc)
+        _contract(gnc[None], y[:, :, :, None], 2, out=zv)  # conj(grad x_b) on the skew view
         grad_rev[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na] += (t.cg * gyc).sum(1)
-        rows_b = grad_c[p.lb, :, p.b0 : p.b0 + p.nb]
-        rows_b.index_add_(0, t.skew + base, gxbc.reshape(-1, p.nb, gxbc.shape[-1]))
+        grad_c[p.lb, base : base + z.shape[1], p.b0 : p.b0 + p.nb] += z.sum(0)
     grad_c += grad_rev.flip(1)
     grad = grad_c[:, plan.pad : plan.pad + M_in].reshape(L_in, M_in, T, B, C).permute(3, 4, 0, 1, 2)
     mask = _order_mask(L_in, x.device)[None, None, :, :, None]
