@@ -27,7 +27,7 @@ import functools
 import numpy as np
 import torch
 
-from sphc.runtime.transforms import forward_table, inverse_table, mw_thetas, so3_quadrature
+from sphc.runtime.transforms import _Tables, forward_table, inverse_table, mw_thetas, so3_quadrature
 from sphc.runtime.wigner import wigner_d
 
 
@@ -82,14 +82,23 @@ def grid_tables(L: int, N: int, L_os: int, N_os: int, so3: bool) -> dict[str, np
     return tables
 
 
-@functools.lru_cache(maxsize=32)
-def torch_grid_tables(
-    L: int, N: int, L_os: int, N_os: int, so3: bool, dtype: torch.dtype, device: torch.device
-) -> dict[str, torch.Tensor]:
-    """``grid_tables`` cast to ``dtype`` on ``device`` (from the float64 masters, never re-widened)."""
-    return {
-        k: torch.tensor(v, dtype=dtype, device=device) for k, v in grid_tables(L, N, L_os, N_os, so3).items()
-    }
+class GridTables(_Tables):
+    """``grid_tables`` as non-persistent buffers of the layer that owns them (``Pointwise.fast``):
+    they follow ``.to()`` / ``.double()`` (recast from the float64 masters), stay out of
+    ``state_dict``, and the call path reads them as attributes, so ``torch.compile`` traces it."""
+
+    def __init__(self, L: int, N: int, L_os: int, N_os: int, so3: bool, dtype: torch.dtype | None = None):
+        super().__init__()
+        self.sizes = (L, N, L_os, N_os, so3)
+        for name, master in self._masters().items():
+            self._add(name, master(), dtype or torch.get_default_dtype(), None)
+
+    def _masters(self):
+        tables = grid_tables(*self.sizes)
+        return {name: (lambda name=name: tables[name]) for name in tables}
+
+    def extra_repr(self) -> str:
+        return "L={}, N={}, L_os={}, N_os={}, so3={}".format(*self.sizes)
 
 
 #: Samples per chunk of ``_Grid``: its (2N_os−1) × (2L_os−1) × columns samples stay in cache.
@@ -146,12 +155,12 @@ def _act_backward(act, f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         return torch.autograd.grad(act(f), f, g)[0]
 
 
-def pointwise(x: torch.Tensor, act, L_os: int, N_os: int, so3: bool) -> torch.Tensor:
+def pointwise(x: torch.Tensor, act, t: GridTables) -> torch.Tensor:
     """``act`` on the (L_os, N_os) MW samples of the real signal ``x`` (B, C, L, 2L−1, 2N−1), back to x's bandlimits."""
     B, C, L, M, T = x.shape
     N = (T + 1) // 2
+    L_os = t.sizes[2]
     A = 2 * L_os - 1
-    t = torch_grid_tables(L, N, L_os, N_os, so3, x.real.dtype, x.device)
     # columns n >= 0 of the real-signal part, as (n, m, re/im, b, c, l) real rows
     xr = torch.view_as_real(x).permute(4, 3, 5, 0, 1, 2)  # (T, M, 2, B, C, L) view
     z = xr[N - 1 :]
@@ -159,29 +168,23 @@ def pointwise(x: torch.Tensor, act, L_os: int, N_os: int, so3: bool) -> torch.Te
         mirror = xr[:N].flip(0, 1) * torch.tensor([1.0, -1.0], dtype=xr.dtype, device=x.device).view(
             2, 1, 1, 1
         )
-        z = z + t["mirror_sign"][:, :, None, None, None, None] * mirror
+        z = z + t.mirror_sign[:, :, None, None, None, None] * mirror
     z = z.reshape(N * M, 2 * B * C, L)
     bc = B * C
-    g_rows = torch.bmm(z, t["inv_beta"].view(N * M, L, L_os))  # (n, m), (c, bc), t
+    g_rows = torch.bmm(z, t.inv_beta.view(N * M, L, L_os))  # (n, m), (c, bc), t
     g_rows = g_rows.view(N, 2 * M, bc * L_os)
-    tabs = (t["inv_alpha"], t["inv_gamma"], t["fwd_gamma"], t["fwd_alpha"])
+    tabs = (t.inv_alpha, t.inv_gamma, t.fwd_gamma, t.fwd_alpha)
     if torch.compiler.is_compiling():  # the same maps unchunked: traceable
         h = torch.matmul(tabs[0], g_rows).view(2 * N, -1)  # n, (c', a), (bc, t)
         F = torch.matmul(tabs[3], (tabs[2] @ act(tabs[1] @ h)).view(N, 2 * A, -1))
     else:
         F = _Grid.apply(g_rows, *tabs, act)  # n, (m, c'), (bc, t)
-    y = torch.bmm(F.view(N * M, 2 * bc, L_os), t["fwd_beta"].view(N * M, L_os, L))  # (n, m), (c, bc), l
+    y = torch.bmm(F.view(N * M, 2 * bc, L_os), t.fwd_beta.view(N * M, L_os, L))  # (n, m), (c, bc), l
     y = y.view(N, M, 2, B, C, L).permute(3, 4, 5, 1, 0, 2)  # (B, C, L, m, n >= 0, re/im)
     y = torch.view_as_complex(y.contiguous())
     if N == 1:
         return y
     # n < 0 from f^l_{-m,-n} = (-1)^{m+n} conj f^l_{mn}
-    sign = t["mirror_sign"][1:].flip(0).T  # (m, n = N-1 .. 1); even in m
+    sign = t.mirror_sign[1:].flip(0).T  # (m, n = N-1 .. 1); even in m
     neg = y[..., 1:].flip(3, 4).conj() * sign
     return torch.cat([neg, y], dim=-1)
-
-
-def oversampled_sizes(L: int, N: int, oversample: int) -> tuple[int, int]:
-    """(L_os, N_os) of ``layers.Pointwise``."""
-    L_os = L * oversample
-    return L_os, min(N * oversample, L_os)

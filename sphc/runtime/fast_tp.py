@@ -87,11 +87,13 @@ def _build_plan(ref, L_in, T_in, L, width) -> TPPlan:
     l, m = np.divmod(lm, M)
     m = m - (L - 1)
     paths, pad = [], 0
-    triples = np.stack([l1, l2, l], 1)
-    uniq, inverse = np.unique(triples, axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    for p, (pl1, pl2, pl) in enumerate(uniq.tolist()):
-        e = inverse == p
+    key = (l1 * L_in + l2) * L + l  # the path (l1, l2, l) of each CG entry
+    order = np.argsort(key, kind="stable")
+    uniq, bounds = np.unique(key[order], return_index=True)
+    bounds = np.append(bounds, len(key))
+    for p, k in enumerate(uniq.tolist()):
+        pl1, pl2, pl = k // L // L_in, k // L % L_in, k % L
+        e = order[bounds[p] : bounds[p + 1]]  # this path's CG entries
         swap = pl2 < pl1  # factor a = the one of smaller degree
         la, lb = (pl2, pl1) if swap else (pl1, pl2)
         ia, ib = (j[e], i[e]) if swap else (i[e], j[e])

@@ -238,10 +238,11 @@ class Pointwise(nn.Module):
         self.backend = "auto"  # "reference": the transforms below; otherwise runtime.fast_pointwise
         # the transform tables of the (oversampled) grid, as non-persistent buffers of this layer
         self.tables = S2Tables(self.L_os) if domain == "s2" else SO3Tables(self.L_os, self.N_os)
+        self.fast = fast_pointwise.GridTables(L, N, self.L_os, self.N_os, domain == "so3")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend != "reference":
-            return fast_pointwise.pointwise(x, self.act, self.L_os, self.N_os, self.domain == "so3")
+            return fast_pointwise.pointwise(x, self.act, self.fast)
         if self.domain == "s2":
             f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True, tables=self.tables)
             y = s2_forward_2d(self.act(f), self.L_os, tables=self.tables)
