@@ -119,6 +119,7 @@ class PathTensors:
     cg: torch.Tensor
     cols: torch.Tensor
     grid: torch.Tensor | None
+    ucols: torch.Tensor  # rows l·width + cols of the flattened projection matrix
 
 
 _TENSORS: dict = {}  # (id(plan), dtype, device) -> per-path tensors
@@ -135,6 +136,7 @@ def _tensors(plan: TPPlan, dtype: torch.dtype, device: torch.device) -> list[Pat
                     torch.tensor(p.cg, dtype=dtype, device=device)[:, :, None, None],
                     torch.as_tensor(p.cols, device=device),
                     None if p.full_grid else torch.as_tensor(p.grid, device=device),
+                    torch.as_tensor(p.l * plan.width + p.cols, device=device),
                 )
             )
         _TENSORS[key] = got
@@ -150,7 +152,7 @@ def _rows(x: torch.Tensor, plan: TPPlan) -> torch.Tensor:
     rows = rows.reshape(L_in, M_in, T, B * C)
     if plan.pad:
         rows = torch.nn.functional.pad(rows, (0, 0, 0, 0, plan.pad, plan.pad))
-    return rows
+    return rows.contiguous()  # the factors are strided views computed from this layout
 
 
 def _order_mask(L: int, device) -> torch.Tensor:
@@ -160,31 +162,36 @@ def _order_mask(L: int, device) -> torch.Tensor:
 
 
 def _factors(rows: torch.Tensor, rows_rev: torch.Tensor, plan: TPPlan, p: PathPlan):
-    """(x_a reversed (K, na, BC), skew view of x_b (K, 2l+1, nb, BC), first padded row of the view).
+    """(x_a reversed (K, 1, na, 1, BC), skew view of x_b (K, 2l+1, 1, nb, BC), first row of the view),
+    both views straight into the contiguous rows (broadcast axes of stride 0: few ops per path).
 
     ``rows_rev`` = ``rows`` with the m axis reversed (the padding is symmetric): x_a is a view of it.
     """
+    _, Mp, T, BC = rows.shape
+    sl, sm = Mp * T * BC, T * BC
     c = plan.pad + plan.L_in - 1  # padded row of m = 0
-    xa = rows_rev[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na]
+    K, Mo = 2 * p.la + 1, 2 * p.l + 1
+    xa = rows_rev.as_strided((K, 1, p.na, 1, BC), (sm, 0, BC, 0, 1), p.la * sl + (c - p.la) * sm + p.a0 * BC)
     base = c - p.l - p.la  # row of m_b = m − m_a at k = 0, m = −l
-    block = rows[p.lb, :, p.b0 : p.b0 + p.nb]
-    s = block.stride()
-    xb = block.as_strided(
-        (2 * p.la + 1, 2 * p.l + 1, p.nb, block.shape[-1]),
-        (s[0], s[0], s[1], s[2]),
-        block.storage_offset() + base * s[0],
-    )
+    xb = rows.as_strided((K, Mo, 1, p.nb, BC), (sm, sm, 0, BC, 1), p.lb * sl + base * sm + p.b0 * BC)
     return xa, xb, base
 
 
-def _products(xa, xb, t: PathTensors, p: PathPlan) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Y = C·x_a (K, 2l+1, na, BC), the path's products (2l+1, pairs, BC))."""
-    y = t.cg * xa[:, None]
-    n = (y[:, :, :, None] * xb[:, :, None]).sum(0)  # (2l+1, na, nb, BC)
-    n = n.reshape(n.shape[0], p.na * p.nb, n.shape[-1])
+def _products(xa, xb, t: PathTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y = C·x_a (K, 2l+1, na, 1, BC), the path's products (2l+1, pairs, BC))."""
+    y = t.cg[..., None] * xa
+    n = (y * xb).sum(0)  # (2l+1, na, nb, BC)
+    n = n.view(n.shape[0], -1, n.shape[-1])
     if t.grid is not None:
         n = n[:, t.grid]
     return y, n
+
+
+def _projections(u: torch.Tensor, kept: list[PathTensors]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the flat indices, each kept path's (pairs, τ_u) block of u), gathered in one op."""
+    idx = torch.cat([t.ucols for t in kept])
+    w = u.reshape(-1, u.shape[-1]).index_select(0, idx)
+    return idx, list(w.split([len(t.ucols) for t in kept]))
 
 
 def _assemble(blocks: list[torch.Tensor | None], L: int, cols: int, B: int, C: int, like: torch.Tensor):
@@ -201,13 +208,13 @@ def _blocks(x: torch.Tensor, plan: TPPlan, L: int, u: torch.Tensor | None):
     rows = _rows(x, plan)
     rows_rev = rows.flip(1)
     blocks: list[torch.Tensor | None] = [None] * L
-    for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)):
-        if p.l >= L:
-            continue
-        xa, xb, _ = _factors(rows, rows_rev, plan, p)
-        _, n = _products(xa, xb, t, p)
+    kept = [(p, t) for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)) if p.l < L]
+    if u is not None:
+        _, ws = _projections(u, [t for _, t in kept])
+    for k, (p, t) in enumerate(kept):
+        _, n = _products(*_factors(rows, rows_rev, plan, p)[:2], t)
         if u is not None:
-            contrib = torch.matmul(u[p.l, t.cols].transpose(0, 1), n)  # (τ_u, pairs) @ (2l+1, pairs, BC)
+            contrib = torch.matmul(ws[k].T, n)  # (τ_u, pairs) @ (2l+1, pairs, BC)
         else:
             contrib = n.new_zeros(n.shape[0], plan.width, n.shape[-1])
             contrib[:, t.cols] = n
@@ -274,28 +281,37 @@ def _backward(g, x, u, ref, L_tp, width):
     grad_rev = torch.zeros_like(rows)  # the same, m reversed (where the reversed factors' part goes)
     gu_c = torch.zeros_like(u) if u is not None else None
     c = plan.pad + L_in - 1
-    for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)):
-        if p.l >= L:
-            continue
+    kept = [(p, t) for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)) if p.l < L]
+    if u is not None:
+        uidx, ws = _projections(u, [t for _, t in kept])
+        gws = []
+    _, Mp, T_, BC = rows.shape
+    sl, sm = Mp * T_ * BC, T_ * BC
+    for k, (p, t) in enumerate(kept):
         xa, xb, base = _factors(rows, rows_rev, plan, p)
         gac = gc_rows[p.l]
         if u is not None:
-            y, n = _products(xa, xb, t, p)
-            gu_c[p.l].index_add_(0, t.cols, torch.matmul(n, gac.transpose(1, 2)).sum(0))
-            gnc = torch.matmul(u[p.l, t.cols], gac)  # conj(grad n): (2l+1, pairs, BC)
+            y, n = _products(xa, xb, t)
+            gws.append(torch.matmul(n, gac.mT).sum(0))
+            gnc = torch.matmul(ws[k], gac)  # conj(grad n): (2l+1, pairs, BC)
         else:
-            y = t.cg * xa[:, None]
+            y = t.cg[..., None] * xa
             gnc = gac[:, t.cols]
         if t.grid is not None:
-            full = gnc.new_zeros(gnc.shape[0], p.na * p.nb, gnc.shape[-1])
+            full = gnc.new_zeros(gnc.shape[0], p.na * p.nb, BC)
             full[:, t.grid] = gnc
             gnc = full
-        gnc = gnc.view(gnc.shape[0], p.na, p.nb, gnc.shape[-1])
-        gyc = _contract(gnc[None], xb[:, :, None], 3)  # (K, 2l+1, na, BC)
-        z, zv = _unskew((gyc.shape[0], gyc.shape[1], p.nb, gyc.shape[-1]), gyc)
-        _contract(gnc[None], y[:, :, :, None], 2, out=zv)  # conj(grad x_b) on the skew view
-        grad_rev[p.la, c - p.la : c + p.la + 1, p.a0 : p.a0 + p.na] += (t.cg * gyc).sum(1)
-        grad_c[p.lb, base : base + z.shape[1], p.b0 : p.b0 + p.nb] += z.sum(0)
+        gnc = gnc.view(1, -1, p.na, p.nb, BC)
+        gyc = _contract(gnc, xb, 3)  # (K, 2l+1, na, BC)
+        K, Mo = gyc.shape[:2]
+        z, zv = _unskew((K, Mo, p.nb, BC), gyc)
+        _contract(gnc, y, 2, out=zv)  # conj(grad x_b) on the skew view
+        grad_rev.as_strided((K, p.na, BC), (sm, BC, 1), p.la * sl + (c - p.la) * sm + p.a0 * BC).add_(
+            (t.cg * gyc).sum(1)
+        )
+        grad_c.as_strided(z.shape[1:], (sm, BC, 1), p.lb * sl + base * sm + p.b0 * BC).add_(z.sum(0))
+    if u is not None and kept:
+        gu_c.view(-1, u.shape[-1]).index_add_(0, uidx, torch.cat(gws))
     grad_c += grad_rev.flip(1)
     grad = grad_c[:, plan.pad : plan.pad + M_in].reshape(L_in, M_in, T, B, C).permute(3, 4, 0, 1, 2)
     mask = _order_mask(L_in, x.device)[None, None, :, :, None]
