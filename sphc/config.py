@@ -39,7 +39,7 @@ def debug() -> bool:
 
 
 def backend_default() -> str:
-    """``SPHC_BACKEND=torch|triton|auto`` picks the kernels of models built without ``backend=``."""
+    """``SPHC_BACKEND=auto|reference|torch|triton`` picks the kernels of models built without ``backend=``."""
     return os.environ.get("SPHC_BACKEND", "") or "auto"
 
 

@@ -133,9 +133,9 @@ def test_compiled_model_still_checks_its_input():
 def test_tables_are_buffers_that_follow_the_module():
     model = _model(MAIN)
     tables = [m for m in model.modules() if isinstance(m, transforms._Tables)]
-    assert len(tables) == 3  # InputSHT, two SO(3) ReLUs
+    assert len(tables) == 5  # InputSHT, two SO(3) ReLUs (reference and fast-path tables each)
     names = {n for n, _ in model.named_buffers()}
-    assert "input.tables.fwd" in names and not any("tables" in k for k in model.state_dict())
+    assert "input.tables.fwd" in names and not any("tables" in k or "fast" in k for k in model.state_dict())
     # .double() of a float32 model recasts from the float64 masters: the same tables as a float64 build
     torch.set_default_dtype(torch.float64)
     try:
@@ -144,7 +144,7 @@ def test_tables_are_buffers_that_follow_the_module():
         torch.set_default_dtype(torch.float32)
     doubled = dict(model.double().named_buffers())
     for name, buf in ref.named_buffers():
-        if ".tables." in name:
+        if ".tables." in name or ".fast." in name:
             assert doubled[name].dtype == buf.dtype and torch.equal(doubled[name], buf), name
     # and back: the float32 cast of the master, not of anything else
     floated = dict(model.float().named_buffers())

@@ -6,7 +6,8 @@ a fixed input; its output (training mode, so ``Norm`` normalises by batch statis
 stay O(1); dropout off) must equal the one recorded in ``tests/golden/<name>.json`` to
 1e-12 relative. Parameter names and shapes are recorded too: a change there is a change of the
 model's interface (checkpoints), which a refactor must not make silently.
-``pytest --update-golden`` rewrites the files (only when a change of the maths is intended).
+``pytest --update-golden`` rewrites the files from the reference backend (only when a change of the
+maths is intended); the fast torch path must reproduce them too.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ def _fill(model: torch.nn.Module) -> None:
             p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
 
 
-def _run(path: Path) -> dict:
-    model = sphc.load(path).Model(backend="torch").double().train()
+def _run(path: Path, backend: str) -> dict:
+    model = sphc.load(path).Model(backend=backend).double().train()
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.eval()
@@ -58,11 +59,12 @@ def _run(path: Path) -> dict:
     }
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_output_is_unchanged(path, request):
-    got = _run(path)
+def test_example_output_is_unchanged(path, backend, request):
+    got = _run(path, backend)
     file = GOLDEN / f"{path.stem}.json"
-    if request.config.getoption("--update-golden"):
+    if request.config.getoption("--update-golden") and backend == "reference":
         file.write_text(json.dumps(got, indent=1) + "\n")
     want = json.loads(file.read_text())
     assert got["params"] == want["params"], "parameter names or shapes changed"

@@ -98,20 +98,20 @@ def test_kernel_matches_reference(layers, name, mode, dtype):
     tp.to(dtype)
     x, u = _inputs(tp, gc, dtype)
     results = {}
-    for backend in ("torch", "triton"):
+    for backend in ("reference", "triton"):
         xb, ub = x.clone().requires_grad_(), u.clone().requires_grad_()
         with launch.poison():
             out = _project(tp, xb, ub, backend)
             results[backend] = (out, xb, ub)
-    g = torch.randn_like(results["torch"][0])
+    g = torch.randn_like(results["reference"][0])
     grads = {}
     for backend, (out, xb, ub) in results.items():
         with launch.poison():
             grads[backend] = torch.autograd.grad(out, (xb, ub), g)
-    _close(results["triton"][0], results["torch"][0].detach(), dtype, "forward")
-    _close(grads["triton"][0], grads["torch"][0], dtype, "grad x")
-    _close(grads["triton"][1], grads["torch"][1], dtype, "grad U")
-    assert results["torch"][0].abs().max() > 0.1  # a real signal went through
+    _close(results["triton"][0], results["reference"][0].detach(), dtype, "forward")
+    _close(grads["triton"][0], grads["reference"][0], dtype, "grad x")
+    _close(grads["triton"][1], grads["reference"][1], dtype, "grad U")
+    assert results["reference"][0].abs().max() > 0.1  # a real signal went through
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -148,7 +148,7 @@ def test_reference_backward_is_the_derivative(layers):
     # (seen on an H200, 2026-11-28); on the CPU they must agree exactly
     nondet = 1e-12 if DEVICE == "cuda" else 0.0
     assert torch.autograd.gradcheck(
-        lambda a, b: _project(tp, a, b, "torch"), (x, u), eps=1e-6, atol=1e-7, nondet_tol=nondet
+        lambda a, b: _project(tp, a, b, "reference"), (x, u), eps=1e-6, atol=1e-7, nondet_tol=nondet
     )
 
 
@@ -237,7 +237,7 @@ def test_layer_without_kernel_warns_once(monkeypatch):
 def test_whole_model_triton_matches_torch(text):
     """Every kernel kind inside a generated model: output and every parameter gradient (float64)."""
     mod = sphc.load(text)
-    ref = mod.Model(backend="torch").double().to(DEVICE)
+    ref = mod.Model(backend="reference").double().to(DEVICE)
     got = mod.Model(backend="triton").double().to(DEVICE)
     got.load_state_dict(ref.state_dict())
     x = torch.randn(3, *ref.input_shape, dtype=torch.float64, device=DEVICE)

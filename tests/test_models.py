@@ -62,10 +62,11 @@ def test_hybrid_paper_models_run_forward_and_backward(name):
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("name", ["efficient", "kondor", "mixing_rmst"])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_all_harmonic_models_are_rotation_invariant(modules, name, dtype):
-    model = modules[name].Model().to(dtype).eval()
+def test_all_harmonic_models_are_rotation_invariant(modules, name, dtype, backend):
+    model = modules[name].Model(backend=backend).to(dtype).eval()
     assert_equivariant(model_invariance_error(model, batch=2, rotations=3, dtype=dtype), dtype, name)
 
 

@@ -12,9 +12,9 @@ import sphc
 from sphc.apps.equivariance import layer_equivariance_error, random_bandlimited
 
 
-def _layer_and_input(src: str, batch: int = 3):
+def _layer_and_input(src: str, batch: int = 3, backend: str | None = None):
     """The model's last layer (the pointwise one) and a real input signal for it."""
-    model = sphc.load(src).Model().double()
+    model = sphc.load(src).Model(backend=backend).double()
     layers = list(model.children())
     x = layers[0](random_bandlimited(batch, model.input_shape[0], model.input_shape[1]))
     with torch.no_grad():
@@ -23,10 +23,12 @@ def _layer_and_input(src: str, batch: int = 3):
     return layers[-1], x
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("oversample", [1, 2])
-def test_s2_relu_matches_pyssht_sampling(oversample):
+def test_s2_relu_matches_pyssht_sampling(oversample, backend):
     """Reference: synthesise with pyssht on the (oversampled) grid, ReLU, analyse with pyssht."""
-    layer, x = _layer_and_input(f"Input s2 L=6 C=1 -> ZonalConv C=2 -> ReLU oversample={oversample}", batch=2)
+    src = f"Input s2 L=6 C=1 -> ZonalConv C=2 -> ReLU oversample={oversample}"
+    layer, x = _layer_and_input(src, batch=2, backend=backend)
     got = layer(x)
     L, Lo = 6, 6 * oversample
     for b in range(2):
@@ -60,11 +62,13 @@ def test_relu_of_a_positive_signal_is_exact_identity(src):
     torch.testing.assert_close(layer(x), x, rtol=1e-11, atol=1e-11)
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("domain", ["ZonalConv C=3", "S2Conv C=3 N=3"])
-def test_oversampling_reduces_the_equivariance_error(domain):
+def test_oversampling_reduces_the_equivariance_error(domain, backend):
     errors = []
     for k in (1, 2):
-        layer, x = _layer_and_input(f"Input s2 L=8 C=2 -> {domain} -> ReLU oversample={k}", batch=4)
+        src = f"Input s2 L=8 C=2 -> {domain} -> ReLU oversample={k}"
+        layer, x = _layer_and_input(src, batch=4, backend=backend)
         errors.append(layer_equivariance_error(layer, x, rotations=4))
     # measured ~0.2-0.3 without and ~0.01-0.03 with 2x oversampling (benchmarks/equivariance.py)
     assert 1e-3 < errors[0] < 0.6 and errors[1] < errors[0] / 3, errors

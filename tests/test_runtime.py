@@ -31,18 +31,19 @@ MODELS = {
 }
 
 
-def _last_layer(src: str, dtype=torch.float64):
+def _last_layer(src: str, dtype=torch.float64, backend: str | None = None):
     """The model's last runtime layer and the analysed type of its input."""
-    model = sphc.load(src).Model().to(dtype)
+    model = sphc.load(src).Model(backend=backend).to(dtype)
     info = sphc.check_source(src).layers[-1]
     layer = list(model.children())[-1]
     return layer, info
 
 
+@pytest.mark.parametrize("backend", ["reference", "torch"])
 @pytest.mark.parametrize("name", MODELS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_layer_equivariance(name, dtype):
-    layer, info = _last_layer(MODELS[name], dtype)
+def test_layer_equivariance(name, dtype, backend):
+    layer, info = _last_layer(MODELS[name], dtype, backend)
     cdtype = torch.complex128 if dtype == torch.float64 else torch.complex64
     x = random_harmonic(3, info.t_in, cdtype)
     for mode in (True, False):  # Norm uses batch statistics in training and running ones in eval

@@ -23,7 +23,7 @@ from torch.nn import functional as F
 
 from sphc import cg, layout
 from sphc.errors import Span, SphcError, SphcInternalError
-from sphc.runtime import ops, tp_kernels
+from sphc.runtime import fast_pointwise, ops, tp_kernels
 from sphc.runtime.transforms import (
     S2Tables,
     SO3Tables,
@@ -290,9 +290,13 @@ class S2Pointwise(nn.Module):
         super().__init__()
         self.L, self.L_os = L, L * oversample
         self.act = _ACTIVATIONS[act]()
+        self.backend = "auto"  # "reference": the transforms below; otherwise runtime.fast_pointwise
         self.tables = S2Tables(self.L_os)  # the (oversampled) grid's tables, non-persistent buffers
+        self.fast = fast_pointwise.GridTables(L, 1, self.L_os, 1, False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend != "reference":
+            return fast_pointwise.pointwise(x, self.act, self.fast)
         f = s2_inverse_2d(_pad(x[..., 0], self.L_os), self.L_os, real=True, tables=self.tables)
         y = s2_forward_2d(self.act(f), self.L_os, tables=self.tables)
         return ops.truncate(y, self.L).unsqueeze(-1)
@@ -308,9 +312,13 @@ class SO3Pointwise(nn.Module):
         self.L_os = L * oversample
         self.N_os = min(N * oversample, self.L_os)
         self.act = _ACTIVATIONS[act]()
+        self.backend = "auto"  # "reference": the transforms below; otherwise runtime.fast_pointwise
         self.tables = SO3Tables(self.L_os, self.N_os)
+        self.fast = fast_pointwise.GridTables(L, N, self.L_os, self.N_os, True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend != "reference":
+            return fast_pointwise.pointwise(x, self.act, self.fast)
         flmn = x.permute(0, 1, 4, 2, 3)  # runtime (l, m, n) → the transforms' (n, l, m) layout
         T = 2 * self.N - 1
         flmn = _pad(flmn, self.L_os)

@@ -1,19 +1,21 @@
-"""The custom ops every generated model calls, and the choice between torch and Triton behind them.
+"""The custom ops every generated model calls, and the choice of implementation behind them.
 
 Each op is a ``torch.library.custom_op`` with a fake (meta) implementation and a registered
 backward, so ``torch.compile(model, fullgraph=True)`` sees one opaque node per layer on every
-device and DDP / autograd see ordinary differentiable ops. Inside, the op runs either the
-reference torch code (``runtime`` semantics, any device) or the layer's generated Triton kernels
-(``register_kernels`` is called by the generated module at import), as the layer's ``backend``
-says:
+device and DDP / autograd see ordinary differentiable ops. Inside, the op runs one of three
+implementations, as the layer's ``backend`` says:
 
-* ``"auto"`` — Triton on CUDA tensors, torch elsewhere;
-* ``"torch"`` — always the reference;
-* ``"triton"`` — always the kernels: CUDA, or CPU tensors in Triton's interpreter when
-  ``TRITON_INTERPRET=1`` was set before the model was loaded.
+* ``"reference"`` — the readable reference code below (``runtime`` semantics, any device): the
+  oracle every other implementation is tested against;
+* ``"torch"`` — the fast torch path (``fast_tp``, ``fast_linear``; ``fast_pointwise`` for the
+  pointwise layers): the same functions without padded work, expanded tensors or layout copies;
+* ``"triton"`` — the layer's generated Triton kernels (``register_kernels`` is called by the
+  generated module at import): CUDA, or CPU tensors in Triton's interpreter when
+  ``TRITON_INTERPRET=1`` was set before the model was loaded;
+* ``"auto"`` — Triton on CUDA tensors, the fast torch path elsewhere.
 
-A layer without a kernel for its case runs the reference and says so once (``warn_once``) —
-never a silent slow path. Tables (index arrays, CG values) are passed as tensor arguments, so a
+A layer without a kernel for its case runs the fast torch path and says so once (``warn_once``)
+— never a silent slow path. Tables (index arrays, CG values) are passed as tensor arguments, so a
 module moved with ``.to()`` carries them and the ops stay stateless.
 """
 
@@ -25,9 +27,9 @@ import torch
 
 from sphc.config import backend_default
 from sphc.errors import SphcError
-from sphc.runtime import launch
+from sphc.runtime import fast_linear, fast_tp, launch
 
-BACKENDS = ("auto", "torch", "triton")
+BACKENDS = ("auto", "reference", "torch", "triton")
 _KERNELS: dict[str, object] = {}
 _WARNED: set[str] = set()
 
@@ -58,10 +60,10 @@ def warn_once(what: str, message: str) -> None:
 
 def use_triton(backend: str, key: str, x: torch.Tensor, layer: str) -> bool:
     """Whether this call runs generated kernels; errors or warns once where it cannot."""
-    if backend == "torch" or (backend == "auto" and not x.is_cuda):
+    if backend in ("reference", "torch") or (backend == "auto" and not x.is_cuda):
         return False
     if key not in _KERNELS:
-        warn_once(key, f"{layer} has no Triton kernel for this case; it runs the torch reference")
+        warn_once(key, f"{layer} has no Triton kernel for this case; it runs the fast torch path")
         return False
     if not x.is_cuda and not launch.interpreting():
         raise SphcError(
@@ -172,7 +174,9 @@ def tp_project(
     """
     if use_triton(backend, key, x, key):
         return kernels(key).forward(x, u, _tables(tab), io=IO_DTYPES[io])
-    return _tp_project_reference(rounded(x, io), u, ref, L_tp).contiguous()
+    if backend == "reference":
+        return _tp_project_reference(rounded(x, io), u, ref, L_tp).contiguous()
+    return fast_tp.tp_project(rounded(x, io), u, ref, L_tp)
 
 
 @tp_project.register_fake
@@ -189,7 +193,10 @@ def tp_project_backward(
     """Gradients of ``tp_project`` (for rounded inputs: the straight-through gradient of the rounding)."""
     if use_triton(backend, key, x, key):
         return kernels(key).backward(g, x, u, _tables(tab), io=IO_DTYPES[io])
-    gx, gu = _tp_project_reference_backward(g, rounded(x, io), u, ref, L_tp)
+    if backend == "reference":
+        gx, gu = _tp_project_reference_backward(g, rounded(x, io), u, ref, L_tp)
+    else:
+        gx, gu = fast_tp.tp_project_backward(g, rounded(x, io), u, ref, L_tp)
     return gx.contiguous(), gu.contiguous()
 
 
@@ -219,14 +226,16 @@ tp_project.register_autograd(_tp_backward, setup_context=_tp_setup)
 def tensor_product(
     x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int, key: str, backend: str
 ) -> torch.Tensor:
-    """The unfused tensor product (a TensorProduct not followed by GenConv): reference path only."""
+    """The unfused tensor product (a TensorProduct not followed by GenConv): no Triton kernel."""
     if backend == "triton" or (backend == "auto" and x.is_cuda):
         warn_once(
             key,
             f"{key}: a TensorProduct not followed by GenConv has no Triton kernel (only the fused "
-            "TensorProduct → GenConv has one); it runs the torch reference",
+            "TensorProduct → GenConv has one); it runs the fast torch path",
         )
-    return tp_reference(x, ref, L, width).contiguous()
+    if backend == "reference":
+        return tp_reference(x, ref, L, width).contiguous()
+    return fast_tp.tensor_product(x, ref, L, width)
 
 
 @tensor_product.register_fake
@@ -236,20 +245,22 @@ def _(x, ref, L, width, key, backend):
 
 @torch.library.custom_op("sphc::tensor_product_backward", mutates_args=())
 def tensor_product_backward(
-    g: torch.Tensor, x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int
+    g: torch.Tensor, x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int, backend: str
 ) -> torch.Tensor:
-    return tp_reference_backward(g, x, ref, L, width).contiguous()
+    if backend == "reference":
+        return tp_reference_backward(g, x, ref, L, width).contiguous()
+    return fast_tp.tensor_product_backward(g, x, ref, L, width)
 
 
 @tensor_product_backward.register_fake
-def _(g, x, ref, L, width):
+def _(g, x, ref, L, width, backend):
     return x.new_empty(x.shape)
 
 
 def _tpu_setup(ctx, inputs, output):
     x, ref, L, width, key, backend = inputs
     ctx.save_for_backward(x, *ref)
-    ctx.meta = (L, width)
+    ctx.meta = (L, width, backend)
 
 
 def _tpu_backward(ctx, g):
@@ -292,7 +303,9 @@ def degree_linear(x: torch.Tensor, w: torch.Tensor, key: str, backend: str) -> t
     """One grouped complex linear map per degree: S2Conv, SO3Conv, ZonalConv, GenConv (V∘X), FullGenConv."""
     if use_triton(backend, key, x, key):
         return kernels(key).forward(x, w)
-    return degree_linear_reference(x, w).contiguous()  # the fake promises a contiguous result
+    if backend == "reference":
+        return degree_linear_reference(x, w).contiguous()  # the fake promises a contiguous result
+    return fast_linear.degree_linear(x, w)
 
 
 @degree_linear.register_fake
@@ -307,6 +320,8 @@ def degree_linear_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if use_triton(backend, key, x, key):
         return kernels(key).backward(g, x, w)
+    if backend != "reference":
+        return fast_linear.degree_linear_backward(g, x, w)
     L = w.shape[0]
     g, x = _orders_only(g, L), _orders_only(x, L)
     gx = torch.einsum("bklmv,lctkv->bclmt", g, w.conj())

@@ -1,0 +1,327 @@
+"""The fast torch path of the tensor product (fused with GenConv's uniform projection, or not).
+
+The reference (``ops.tp_reference``) gathers every distinct product x[s1] x[s2] into one
+(products, B·C) tensor, applies the CG sums as a sparse matrix and only then the projection: it
+moves the whole expanded fragment tensor through memory several times. Here one path
+(l1, l2, l) at a time:
+
+* the factor of smaller degree, ``a``, is read in reversed order m_a = l_a − k, the other, ``b``,
+  through a strided "skew" view of its zero-padded rows: row (k, m) of the view is
+  x_b[m − m_a], so the CG sum over m_a of every output order m is a sum over k of one broadcast
+  product ``(C[k, m] x_a[k, i]) · x_b[k, m, j]`` — no index gather, batch (B·C) contiguous last;
+* the path's column pairs are read off that (i, j) grid and projected at once onto U[l, cols, :]
+  (a small matmul), so only one path's products exist at a time (never the τ²·|P^l| tensor);
+* the backward recomputes the path's products and is written out (custom-op bodies run below
+  autograd): grad U from the recomputed products, grad x by the same broadcast products
+  against the other factor; the skew view's gradient is written through a skewed view of a
+  zero tensor and summed over k (its adjoint without an index scatter).
+
+The plan (paths, columns, CG blocks) is decoded from the reference's own index tables (``ref`` =
+src1, src2, cg_index, coef), so both paths read one source of truth; it is cached per ``ref``
+tensor object (weakly: it goes with the buffer). Orders |m| > l of the input are never read.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class PathPlan:
+    """One path: output degree ``l``; factor ``a`` (degree ``la``, columns ``a0 .. a0+na-1``) read
+    reversed, factor ``b`` (``lb``, ``b0 .. b0+nb-1``) through the skew view; ``grid`` = positions
+    of the path's pairs in the (na, nb) grid; ``cols`` = their output columns; ``cg`` = C[k, m+l]."""
+
+    l: int
+    la: int
+    a0: int
+    na: int
+    lb: int
+    b0: int
+    nb: int
+    grid: np.ndarray
+    cols: np.ndarray
+    cg: np.ndarray
+    full_grid: bool
+
+
+@dataclass(frozen=True, eq=False)
+class TPPlan:
+    L_in: int
+    T_in: int
+    L: int
+    width: int
+    pad: int  # zero rows added on each side of the m axis so every skew view stays in bounds
+    paths: tuple[PathPlan, ...]
+
+
+_PLANS: dict[int, tuple] = {}  # id(src1 tensor) -> (weak ref to it, sizes, plan)
+
+
+def plan_of(ref: list[torch.Tensor], L_in: int, T_in: int, L: int, width: int) -> TPPlan:
+    """The plan of the reference tables ``ref``, cached per ``src1`` tensor object while it lives."""
+    sizes = (L_in, T_in, L, width)
+    cached = _PLANS.get(id(ref[0]))
+    if cached is not None and cached[0]() is ref[0] and cached[1] == sizes:
+        return cached[2]
+    plan = _build_plan([t.cpu().numpy() for t in ref], L_in, T_in, L, width)
+    _PLANS[id(ref[0])] = (weakref.ref(ref[0]), sizes, plan)
+    weakref.finalize(ref[0], _PLANS.pop, id(ref[0]), None)
+    return plan
+
+
+def _build_plan(ref, L_in, T_in, L, width) -> TPPlan:
+    src1, src2, cg_index, coef = ref
+    M_in, M = 2 * L_in - 1, 2 * L - 1
+    dst, prod = cg_index
+    s1, s2 = src1[prod], src2[prod]
+    l1, r1 = np.divmod(s1 // T_in, M_in)
+    l2, r2 = np.divmod(s2 // T_in, M_in)
+    i, j = s1 % T_in, s2 % T_in
+    m1, m2 = r1 - (L_in - 1), r2 - (L_in - 1)
+    lm, col = np.divmod(dst, width)
+    l, m = np.divmod(lm, M)
+    m = m - (L - 1)
+    paths, pad = [], 0
+    key = (l1 * L_in + l2) * L + l  # the path (l1, l2, l) of each CG entry
+    order = np.argsort(key, kind="stable")
+    uniq, bounds = np.unique(key[order], return_index=True)
+    bounds = np.append(bounds, len(key))
+    for p, k in enumerate(uniq.tolist()):
+        pl1, pl2, pl = k // L // L_in, k // L % L_in, k % L
+        e = order[bounds[p] : bounds[p + 1]]  # this path's CG entries
+        swap = pl2 < pl1  # factor a = the one of smaller degree
+        la, lb = (pl2, pl1) if swap else (pl1, pl2)
+        ia, ib = (j[e], i[e]) if swap else (i[e], j[e])
+        ma = (m2 if swap else m1)[e]
+        a0, b0 = int(ia.min()), int(ib.min())
+        na, nb = int(ia.max()) - a0 + 1, int(ib.max()) - b0 + 1
+        # pairs: one output column per (i, j); the CG value per (m, m_a) is shared by all pairs
+        pair_key = (ia - a0) * nb + (ib - b0)
+        grid, first = np.unique(pair_key, return_index=True)
+        cols = col[e][first]
+        cg = np.zeros((2 * la + 1, 2 * pl + 1))
+        cg[la - ma, m[e] + pl] = coef[e]
+        full = len(grid) == na * nb
+        paths.append(PathPlan(pl, la, a0, na, lb, b0, nb, grid, cols, cg, full))
+        pad = max(pad, pl + la - (L_in - 1))
+    return TPPlan(L_in, T_in, L, width, pad, tuple(sorted(paths, key=lambda q: q.l)))
+
+
+@dataclass(frozen=True)
+class PathTensors:
+    """A path's tables on one device: CG block (K, 2l+1, 1, 1), output columns, pair grid."""
+
+    cg: torch.Tensor
+    cols: torch.Tensor
+    grid: torch.Tensor | None
+    ucols: torch.Tensor  # rows l·width + cols of the flattened projection matrix
+
+
+_TENSORS: dict = {}  # (id(plan), dtype, device) -> per-path tensors
+
+
+def _tensors(plan: TPPlan, dtype: torch.dtype, device: torch.device) -> list[PathTensors]:
+    key = (id(plan), dtype, device)
+    got = _TENSORS.get(key)
+    if got is None:
+        got = []
+        for p in plan.paths:
+            got.append(
+                PathTensors(
+                    torch.tensor(p.cg, dtype=dtype, device=device)[:, :, None, None],
+                    torch.as_tensor(p.cols, device=device),
+                    None if p.full_grid else torch.as_tensor(p.grid, device=device),
+                    torch.as_tensor(p.l * plan.width + p.cols, device=device),
+                )
+            )
+        _TENSORS[key] = got
+        weakref.finalize(plan, _TENSORS.pop, key, None)
+    return got
+
+
+def _rows(x: torch.Tensor, plan: TPPlan) -> torch.Tensor:
+    """(B, C, L, 2L−1, T) → zero-padded batch-last rows (L, 2L−1 + 2·pad, T, B·C), orders |m| > l zeroed."""
+    B, C, L_in, M_in, T = x.shape
+    mask = _order_mask(L_in, x.device)[:, :, None, None, None]
+    rows = torch.where(mask, x.permute(2, 3, 4, 0, 1), torch.zeros((), dtype=x.dtype, device=x.device))
+    rows = rows.reshape(L_in, M_in, T, B * C)
+    if plan.pad:
+        rows = torch.nn.functional.pad(rows, (0, 0, 0, 0, plan.pad, plan.pad))
+    return rows.contiguous()  # the factors are strided views computed from this layout
+
+
+def _order_mask(L: int, device) -> torch.Tensor:
+    l = torch.arange(L, device=device)[:, None]
+    m = torch.arange(2 * L - 1, device=device)[None, :] - (L - 1)
+    return m.abs() <= l
+
+
+def _factors(rows: torch.Tensor, rows_rev: torch.Tensor, plan: TPPlan, p: PathPlan):
+    """(x_a reversed (K, 1, na, 1, BC), skew view of x_b (K, 2l+1, 1, nb, BC), first row of the view),
+    both views straight into the contiguous rows (broadcast axes of stride 0: few ops per path).
+
+    ``rows_rev`` = ``rows`` with the m axis reversed (the padding is symmetric): x_a is a view of it.
+    """
+    _, Mp, T, BC = rows.shape
+    sl, sm = Mp * T * BC, T * BC
+    c = plan.pad + plan.L_in - 1  # padded row of m = 0
+    K, Mo = 2 * p.la + 1, 2 * p.l + 1
+    xa = rows_rev.as_strided((K, 1, p.na, 1, BC), (sm, 0, BC, 0, 1), p.la * sl + (c - p.la) * sm + p.a0 * BC)
+    base = c - p.l - p.la  # row of m_b = m − m_a at k = 0, m = −l
+    xb = rows.as_strided((K, Mo, 1, p.nb, BC), (sm, sm, 0, BC, 1), p.lb * sl + base * sm + p.b0 * BC)
+    return xa, xb, base
+
+
+def _products(xa, xb, t: PathTensors) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Y = C·x_a (K, 2l+1, na, 1, BC), the path's products (2l+1, pairs, BC))."""
+    y = t.cg[..., None] * xa
+    n = (y * xb).sum(0)  # (2l+1, na, nb, BC)
+    n = n.view(n.shape[0], -1, n.shape[-1])
+    if t.grid is not None:
+        n = n[:, t.grid]
+    return y, n
+
+
+def _projections(u: torch.Tensor, kept: list[PathTensors]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(the flat indices, each kept path's (pairs, τ_u) block of u), gathered in one op."""
+    idx = torch.cat([t.ucols for t in kept])
+    w = u.reshape(-1, u.shape[-1]).index_select(0, idx)
+    return idx, list(w.split([len(t.ucols) for t in kept]))
+
+
+def _assemble(blocks: list[torch.Tensor | None], L: int, cols: int, B: int, C: int, like: torch.Tensor):
+    """Per-degree (2l+1, cols, B·C) blocks → the padded layout (B, C, L, 2L−1, cols)."""
+    out = like.new_zeros(L, 2 * L - 1, cols, B * C)
+    for l, blk in enumerate(blocks):
+        if blk is not None:
+            out[l, L - 1 - l : L + l] = blk
+    return out.view(L, 2 * L - 1, cols, B, C).permute(3, 4, 0, 1, 2).contiguous()
+
+
+def _blocks(x: torch.Tensor, plan: TPPlan, L: int, u: torch.Tensor | None):
+    """Forward per output degree: (2l+1, τ_u, BC) projected blocks (``u`` given) or (2l+1, width, BC)."""
+    rows = _rows(x, plan)
+    rows_rev = rows.flip(1)
+    blocks: list[torch.Tensor | None] = [None] * L
+    kept = [(p, t) for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)) if p.l < L]
+    if u is not None:
+        _, ws = _projections(u, [t for _, t in kept])
+    for k, (p, t) in enumerate(kept):
+        _, n = _products(*_factors(rows, rows_rev, plan, p)[:2], t)
+        if u is not None:
+            contrib = torch.matmul(ws[k].T, n)  # (τ_u, pairs) @ (2l+1, pairs, BC)
+        else:
+            contrib = n.new_zeros(n.shape[0], plan.width, n.shape[-1])
+            contrib[:, t.cols] = n
+        blocks[p.l] = contrib if blocks[p.l] is None else blocks[p.l] + contrib
+    return blocks
+
+
+def tp_project(x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], L_tp: int) -> torch.Tensor:
+    """Same function as ``ops._tp_project_reference``: TP(x) contracted with u (L, width, τ_u), l < L."""
+    B, C, L_in, _, T = x.shape
+    L, width, tau_u = u.shape
+    plan = plan_of(ref, L_in, T, L_tp, width)
+    return _assemble(_blocks(x, plan, L, u), L, tau_u, B, C, x)
+
+
+def tensor_product(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
+    """Same function as ``ops.tp_reference``: the expanded (B, C, L, 2L−1, width) tensor product."""
+    B, C, L_in, _, T = x.shape
+    plan = plan_of(ref, L_in, T, L, width)
+    return _assemble(_blocks(x, plan, L, None), L, width, B, C, x)
+
+
+def _contract(a: torch.Tensor, b: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over ``dim`` (a column axis of a few entries, in both) of a·b, as a chain of in-place
+    multiply-adds (measured faster than the broadcast product and a reduction over a middle axis),
+    written into ``out`` when given."""
+    out = torch.mul(a.select(dim, 0), b.select(dim, 0), out=out)
+    for k in range(1, a.shape[dim]):
+        out.addcmul_(a.select(dim, k), b.select(dim, k))
+    return out
+
+
+def _unskew(shape: tuple[int, ...], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(zeros Z (K, K + M − 1, ...), the view V (K, M, ...) of Z with V[k, m] = Z[k, k + m]).
+
+    Written through V, Z.sum(0) is the adjoint of the skew view: row r collects every (k, m)
+    with k + m = r, in one reduction instead of an index scatter."""
+    K, M, *rest = shape
+    z = like.new_zeros(K, K + M - 1, *rest)
+    s = z.stride()
+    return z, z.as_strided(shape, (s[0] + s[1], *s[1:]))
+
+
+def _grad_rows(g: torch.Tensor, L: int) -> list[torch.Tensor]:
+    """(B, C, L, 2L−1, k) output gradient → per degree (2l+1, k, B·C) batch-last blocks."""
+    B, C = g.shape[:2]
+    rows = g.permute(2, 3, 4, 0, 1).reshape(L, 2 * L - 1, g.shape[-1], B * C)
+    return [rows[l, L - 1 - l : L + l] for l in range(L)]
+
+
+def _backward(g, x, u, ref, L_tp, width):
+    """(grad x, grad u or None) for ``tp_project`` (``u`` given) or ``tensor_product``.
+
+    Written for conj(grad): conj(gy) = Σ_j conj(g_n) x_b and conj(g_xb) = Σ_i conj(g_n) Y need no
+    conjugated copy of the big factors, and one conj of the accumulated gradient at the end.
+    """
+    B, C, L_in, M_in, T = x.shape
+    plan = plan_of(ref, L_in, T, L_tp, width)
+    L = g.shape[2]
+    rows = _rows(x, plan)
+    rows_rev = rows.flip(1)
+    gc_rows = _grad_rows(g.conj(), L)
+    grad_c = torch.zeros_like(rows)  # conj(grad) of the padded rows
+    grad_rev = torch.zeros_like(rows)  # the same, m reversed (where the reversed factors' part goes)
+    gu_c = torch.zeros_like(u) if u is not None else None
+    c = plan.pad + L_in - 1
+    kept = [(p, t) for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)) if p.l < L]
+    if u is not None:
+        uidx, ws = _projections(u, [t for _, t in kept])
+        gws = []
+    _, Mp, T_, BC = rows.shape
+    sl, sm = Mp * T_ * BC, T_ * BC
+    for k, (p, t) in enumerate(kept):
+        xa, xb, base = _factors(rows, rows_rev, plan, p)
+        gac = gc_rows[p.l]
+        if u is not None:
+            y, n = _products(xa, xb, t)
+            gws.append(torch.matmul(n, gac.mT).sum(0))
+            gnc = torch.matmul(ws[k], gac)  # conj(grad n): (2l+1, pairs, BC)
+        else:
+            y = t.cg[..., None] * xa
+            gnc = gac[:, t.cols]
+        if t.grid is not None:
+            full = gnc.new_zeros(gnc.shape[0], p.na * p.nb, BC)
+            full[:, t.grid] = gnc
+            gnc = full
+        gnc = gnc.view(1, -1, p.na, p.nb, BC)
+        gyc = _contract(gnc, xb, 3)  # (K, 2l+1, na, BC)
+        K, Mo = gyc.shape[:2]
+        z, zv = _unskew((K, Mo, p.nb, BC), gyc)
+        _contract(gnc, y, 2, out=zv)  # conj(grad x_b) on the skew view
+        grad_rev.as_strided((K, p.na, BC), (sm, BC, 1), p.la * sl + (c - p.la) * sm + p.a0 * BC).add_(
+            (t.cg * gyc).sum(1)
+        )
+        grad_c.as_strided(z.shape[1:], (sm, BC, 1), p.lb * sl + base * sm + p.b0 * BC).add_(z.sum(0))
+    if u is not None and kept:
+        gu_c.view(-1, u.shape[-1]).index_add_(0, uidx, torch.cat(gws))
+    grad_c += grad_rev.flip(1)
+    grad = grad_c[:, plan.pad : plan.pad + M_in].reshape(L_in, M_in, T, B, C).permute(3, 4, 0, 1, 2)
+    mask = _order_mask(L_in, x.device)[None, None, :, :, None]
+    grad = torch.where(mask, grad.conj(), torch.zeros((), dtype=grad.dtype, device=grad.device))
+    return grad.contiguous(), (gu_c.conj().resolve_conj() if gu_c is not None else None)
+
+
+def tp_project_backward(g, x, u, ref, L_tp):
+    return _backward(g, x, u, ref, L_tp, u.shape[1])
+
+
+def tensor_product_backward(g, x, ref, L, width):
+    return _backward(g, x, None, ref, L, width)[0]
