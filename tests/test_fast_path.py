@@ -139,13 +139,13 @@ def _ops_agree(fn, inputs: list[torch.Tensor], dtype) -> None:
 @pytest.mark.parametrize("name", CASES)
 def test_tp_project_op(name, dtype):
     tp, gc = _tp_layers(name, dtype)
-    ref, tab = tp._list(tp._ref), tp._list(tp._tab)
+    ref, fast, tab = tp.reference_tables(), tp._list(tp._fast), tp._list(tp._tab)
     x = _tp_input(tp, dtype)
     x = tp._merged(x) if tp.cross else x
     u = gc.u().detach()
 
     def fn(x, u, backend):
-        return ops.tp_project(x, u, ref, tab, tp.L, tp.key, backend, "")
+        return ops.tp_project(x, u, ref, fast, tab, tp.L, tp.key, backend, "")
 
     _ops_agree(fn, [x, u + 0.1 * _garbage_harmonic(u.shape, dtype)], dtype)
 
@@ -154,12 +154,12 @@ def test_tp_project_op(name, dtype):
 @pytest.mark.parametrize("name", ["rmst-so3", "cross", "full-truncating"])
 def test_tensor_product_op(name, dtype):
     tp, _ = _tp_layers(name, dtype)
-    ref = tp._list(tp._ref)
+    ref, fast = tp.reference_tables(), tp._list(tp._fast)
     x = _tp_input(tp, dtype)
     x = tp._merged(x) if tp.cross else x
 
     def fn(x, backend):
-        return ops.tensor_product(x, ref, tp.L, tp.width, tp.key, backend)
+        return ops.tensor_product(x, ref, fast, tp.L, tp.width, tp.key, backend)
 
     _ops_agree(fn, [x], dtype)
 
@@ -191,15 +191,15 @@ def test_pointwise_layer(domain, L, N, act, oversample, dtype):
 def test_fast_ops_are_their_derivatives():
     """gradcheck (float64) of every fast op: fused and unfused TP, degree_linear, pointwise."""
     tp, gc = _tp_layers("rmst-so3", torch.float64)
-    ref, tab = tp._list(tp._ref), tp._list(tp._tab)
+    ref, fast, tab = tp.reference_tables(), tp._list(tp._fast), tp._list(tp._tab)
     x = _tp_input(tp, torch.float64, batch=1).requires_grad_(True)
     u = (gc.u().detach() + 0.1 * _garbage_harmonic(gc.u().shape, torch.float64)).requires_grad_(True)
     check = dict(eps=1e-6, atol=1e-7, fast_mode=True)  # random projections: the full Jacobian is slow
     assert torch.autograd.gradcheck(
-        lambda x, u: ops.tp_project(x, u, ref, tab, tp.L, tp.key, "torch", ""), (x, u), **check
+        lambda x, u: ops.tp_project(x, u, ref, fast, tab, tp.L, tp.key, "torch", ""), (x, u), **check
     )
     assert torch.autograd.gradcheck(
-        lambda x: ops.tensor_product(x, ref, tp.L, tp.width, tp.key, "torch"), (x,), **check
+        lambda x: ops.tensor_product(x, ref, fast, tp.L, tp.width, tp.key, "torch"), (x,), **check
     )
     xl = _garbage_harmonic((1, 2, 3, 5, 2), torch.float64).requires_grad_(True)
     w = _garbage_harmonic((3, 2, 2, 2, 1), torch.float64).requires_grad_(True)

@@ -35,6 +35,7 @@ from hypothesis.errors import InvalidArgument
 
 import sphc
 from sphc import SphcError
+from sphc import limits as sphc_limits
 from sphc.compiler import analysis, ir, lower, syntax
 from sphc.compiler.pipeline import import_source
 
@@ -295,8 +296,9 @@ def run_forward_once(source: str, name: str) -> None:
     try:
         torch.manual_seed(0)
         model = module.Model().eval()
+        lead = (1, 2) if model.input.set else (1,)  # a set input: two elements
         with torch.no_grad():
-            y = model(torch.randn(1, *model.input_shape))
+            y = model(torch.randn(*lead, *model.input_shape))
         assert y.shape[0] == 1 and torch.isfinite(torch.view_as_real(y) if y.is_complex() else y).all()
     finally:
         sys.modules.pop(name, None)
@@ -357,7 +359,7 @@ def check_bounded(text: str, file: str = "fuzz.sph") -> analysis.Analysis | None
             assert_located(e, text, file)
             _event(f"error: {_kind(e)}")
             return None
-    limits = analysis.size_limits()
+    limits = sphc_limits.size_limits()
     for name in ("layers", "params", "cg_entries", "activation_bytes", "table_bytes"):
         assert getattr(a.size, name) <= getattr(limits, name), (name, text)
     _event("valid, within the limits")

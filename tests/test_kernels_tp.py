@@ -76,8 +76,8 @@ def _complex(dtype: torch.dtype) -> torch.dtype:
 
 
 def _project(tp, x, u, backend: str):
-    ref, tab = tp._list(tp._ref), tp._list(tp._tab)
-    return ops.tp_project(tp._merged(x), u, ref, tab, tp.L, tp.key, backend, "")
+    ref, fast, tab = tp.reference_tables(), tp._list(tp._fast), tp._list(tp._tab)
+    return ops.tp_project(tp._merged(x), u, ref, fast, tab, tp.L, tp.key, backend, "")
 
 
 def _close(got, want, dtype, what):
@@ -180,16 +180,16 @@ def test_half_precision_inputs(layers, io):
     tp, gc = layers("tiny", "table")
     tp.to(torch.float32)
     x, u = _inputs(tp, gc, torch.float32)
-    ref, tab = tp._list(tp._ref), tp._list(tp._tab)
+    ref, fast, tab = tp.reference_tables(), tp._list(tp._fast), tp._list(tp._tab)
     results = {}
     for backend in ("triton", "torch"):
         xb, ub = x.clone().requires_grad_(), u.clone().requires_grad_()
-        out = ops.tp_project(xb, ub, ref, tab, tp.L, tp.key, backend, io)
+        out = ops.tp_project(xb, ub, ref, fast, tab, tp.L, tp.key, backend, io)
         results[backend] = (out, *torch.autograd.grad(out, (xb, ub), torch.ones_like(out)))
     for what, got, want in zip(("forward", "grad x", "grad U"), results["triton"], results["torch"]):
         _close(got, want.detach(), torch.float32, f"{io} {what}")
     want = results["torch"][0].detach()
-    exact = ops.tp_project(x, u, ref, tab, tp.L, tp.key, "torch", "")
+    exact = ops.tp_project(x, u, ref, fast, tab, tp.L, tp.key, "torch", "")
     assert (want - exact).abs().max() > 1e-6 * exact.abs().max()  # the rounding really happened
 
 

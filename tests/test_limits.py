@@ -1,6 +1,7 @@
 """Model-size limits (README, "Limits"): what real models need passes, what cannot be built is refused
 during analysis with a located error naming the figure and the limit, and ``SPHC_LIMIT_SCALE`` raises
-them. The limits themselves live in ``sphc.compiler.analysis.Limits``.
+them. The limits themselves live in ``sphc.limits``; the reference backend's per-term tables, built
+lazily, are checked against the same limit when they are built.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import torch
 
 import sphc
 from sphc import SphcError
+from sphc import limits as sphc_limits
 from sphc.compiler import analysis, lower
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -29,43 +31,46 @@ def _default_limits(monkeypatch):
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_is_within_the_limits(path: Path):
     a = sphc.check_source(path.read_text(encoding="utf-8"), str(path))
-    limits = analysis.size_limits()
+    limits = sphc_limits.size_limits()
     assert a.size.layers == len(a.layers) and a.size.params == a.params
     assert a.size.cg_entries == sum(x.cg_entries for x in a.layers)
     for name in ("params", "cg_entries", "activation_bytes", "table_bytes"):
         assert getattr(a.size, name) <= getattr(limits, name) / 10, name  # far inside: room to grow
 
 
-def test_the_readme_sketch_needs_the_limit_scale_for_its_tensor_product_tables(monkeypatch):
+def test_the_readme_sketch_compiles_and_builds_but_the_reference_refuses_its_tables():
     """The sketch's S2Conv keeps N = L = 32 (63 fragments per degree), so its MST tensor product has
-    1.19 G (CG entry, column pair) terms: ~50 GB of index tables, a MemoryError in ``Model()`` on an
-    ordinary machine. It is refused at the tensor product; every other figure is inside its limit."""
-    err = _refusal(SKETCH)
-    assert "GiB of tables built by Model()" in err.message and (err.span.line, err.span.col) == (1, 16)
-    monkeypatch.setenv("SPHC_LIMIT_SCALE", "16")
+    1.19 G (CG entry, column pair) terms. ``Model()`` builds only per-path tables (tens of MiB); the
+    reference backend's per-term tables (~50 GiB) are refused with a clear error when it first runs."""
     a = sphc.check_source(SKETCH)
     assert 2.7e6 < a.params < 2.8e6 and 1.0e6 < a.size.cg_entries < 1.1e6
-    assert 960 * 2**20 < a.size.activation_bytes < analysis.Limits().activation_bytes
+    assert 960 * 2**20 < a.size.activation_bytes < sphc_limits.Limits().activation_bytes
     assert analysis.tp_terms(a.layers[1]) == 1_192_656_993
+    assert a.size.table_bytes < 512 * 2**20
+    tp = sphc.load(SKETCH).Model(backend="reference").l2_tensorproduct
+    with pytest.raises(SphcError, match=r"reference tables need 53\.3 GiB \(1,192,656,993 product terms\)"):
+        tp.reference_tables()
 
 
-@pytest.mark.parametrize("name", ["tiny", "kondor", "mixing_mst", "efficient"])
-def test_tensor_product_table_figure_bounds_the_runtime_tables(name):
-    """``Model()``'s tensor-product buffers never exceed the figure the limit checks, nor fall below half."""
-    from sphc.runtime.layers import TensorProduct
-
-    path = REPO_ROOT / "examples" / f"{name}.sph"
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_table_figure_bounds_what_model_builds(path: Path):
+    """``Model()``'s buffers never exceed the figure the limit checks, nor fall far below it."""
     a = sphc.check_source(path.read_text(encoding="utf-8"))
-    figures = [analysis.TP_TERM_BYTES * analysis.tp_terms(x) for x in a.layers if x.paths]
     model = sphc.load(path).Model()
-    actual = [
-        sum(b.numel() * b.element_size() for b in m.buffers())
-        for m in model.modules()
-        if isinstance(m, TensorProduct)
-    ]
-    assert len(actual) == len(figures) > 0
-    for got, bound in zip(actual, figures):
-        assert got <= bound <= 2 * got, (got, bound)
+    actual = sum(b.numel() * b.element_size() for b in model.buffers())
+    assert actual <= a.size.table_bytes <= 4 * actual, (actual, a.size.table_bytes)
+
+
+def test_the_reference_tables_are_built_only_when_the_reference_runs():
+    model = sphc.load(REPO_ROOT / "examples" / "mixing_mst.sph").Model()
+    tps = [m for m in model.modules() if type(m).__name__ == "TensorProduct"]
+    x = torch.randn(2, *model.input_shape)
+    before = sum(b.numel() for b in model.buffers())
+    model(x)  # the fast path: no per-term tables
+    assert sum(b.numel() for b in model.buffers()) == before and not any(tp._ref for tp in tps)
+    sphc.runtime.set_backend(model, "reference")
+    assert torch.isfinite(model(x)).all()
+    assert all(tp._ref for tp in tps) and sum(b.numel() for b in model.buffers()) > before
 
 
 def test_a_thousand_layer_chain_compiles():
@@ -125,7 +130,7 @@ def test_each_limit_refuses_with_the_figure_and_the_limit(text, col, message):
 def test_the_limit_scale_raises_every_limit(text, col, message, monkeypatch):
     monkeypatch.setenv("SPHC_LIMIT_SCALE", "3")
     sphc.check_source(text)
-    assert analysis.size_limits() == analysis.Limits().scaled(3)
+    assert sphc_limits.size_limits() == sphc_limits.Limits().scaled(3)
     monkeypatch.setenv("SPHC_LIMIT_SCALE", "inf")
     assert "unlimited" in sphc.compile_source(text, emit="analysis").split("limits: ")[1]
 
@@ -149,7 +154,7 @@ def test_every_integer_parameter_has_a_documented_range():
                     f"README Limits lacks {name}.{p.name} <= {p.maximum - 1}"
                 )
     for field in ("layers", "params", "cg_entries", "tp_pairs"):
-        assert f"{int(getattr(analysis.Limits(), field)):,}" in limits, field
+        assert f"{int(getattr(sphc_limits.Limits(), field)):,}" in limits, field
     assert "SPHC_LIMIT_SCALE" in limits and "--limit-scale" in limits
 
 

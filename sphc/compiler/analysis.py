@@ -12,11 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from functools import singledispatch
 
-from sphc import config
 from sphc.compiler import ir
 from sphc.compiler.mixing import mixing_set
 from sphc.errors import Span, SphcError
 from sphc.layout import Cols, cg_pattern_size, pair_count, prefix_cols, s2_cols, so3_cols
+from sphc.limits import Limits, size_limits, tp_table_bytes
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,8 @@ class Path:
     l2: int
     l: int
     n_pairs: int
+    n1: int = 0  # columns of degree l1 and of l2 in the (merged) input: bounds of the pair grid
+    n2: int = 0
 
 
 @dataclass(frozen=True)
@@ -107,40 +109,6 @@ class Analysis:
     @property
     def params(self) -> int:
         return sum(x.params for x in self.layers)
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one model may cost before sphc refuses it (README, "Limits").
-
-    Every figure is known from types alone, so ``analyze`` checks it layer by layer, before the plan,
-    the generated module or ``Model()`` allocate anything of that size; ``SPHC_LIMIT_SCALE=k`` (or
-    ``--limit-scale k``) multiplies them all for models that really are that large.
-    """
-
-    #: layers after expansion: the generated module and its import time grow with each one
-    layers: float = 2_000
-    #: real scalars (a complex weight counts 2)
-    params: float = 100_000_000
-    #: Clebsch–Gordan coefficients over all tensor products (tables built and stored per entry)
-    cg_entries: float = 10_000_000
-    #: fragment pairs one tensor product multiplies: the runtime lists them (two tensor products in a
-    #: row at L=32 would need > 20 GB of column pairs)
-    tp_pairs: float = 2_000_000
-    #: float32 bytes per example: every layer's padded output plus each pointwise layer's grid
-    activation_bytes: float = 4 * 2**30
-    #: bytes of the tables ``Model()`` builds (an estimate from above): the sampling transforms of the
-    #: input and every pointwise layer, and each tensor product's index tables (one entry per CG
-    #: coefficient and column pair, which the reference implementation stores)
-    table_bytes: float = 4 * 2**30
-
-    def scaled(self, k: float) -> Limits:
-        return Limits(**{f.name: getattr(self, f.name) * k for f in fields(self)})
-
-
-def size_limits() -> Limits:
-    """The limits in force: the defaults times ``SPHC_LIMIT_SCALE`` (sphc/config.py)."""
-    return Limits().scaled(config.limit_scale())
 
 
 @dataclass(frozen=True)
@@ -214,7 +182,7 @@ def _(layer: ir.TensorProduct, t: SignalType):
             + _RAISE_HINT,
         )
     paths = [
-        Path(l1, l2, l, n)
+        Path(l1, l2, l, n, counts[l1], counts[l2])
         for l, ps in sets.items()
         for l1, l2 in ps
         if (n := pair_count(l1, counts[l1], l2, counts[l2], l))
@@ -368,12 +336,6 @@ def so3_table_bytes(L: int, N: int) -> int:
     return 4 * ((2 * N - 1) * L**3 + 3 * L * L) + 100 * (2 * N - 1) * (2 * L - 1)
 
 
-#: Bytes per tensor-product term in the runtime's index tables: source, destination and coefficient of
-#: each (CG entry, column pair) as int64 / float64, plus the fused kernel's tables (sphc/runtime/layers.py
-#: ``TensorProduct``; 33–41 bytes per term on the examples, tests/test_limits.py keeps this an upper bound).
-TP_TERM_BYTES = 48
-
-
 def tp_terms(info: LayerInfo) -> int:
     """CG coefficients times column pairs over a tensor product's paths (exact zeros included)."""
     return sum(cg_pattern_size(p.l1, p.l2, p.l) * p.n_pairs for p in info.paths)
@@ -381,8 +343,9 @@ def tp_terms(info: LayerInfo) -> int:
 
 def _layer_bytes(info: LayerInfo) -> tuple[int, int]:
     """(float32 grid samples per example, bytes of tables ``Model()`` builds) beyond the layer output."""
-    if isinstance(info.layer, ir.TensorProduct):
-        return 0, TP_TERM_BYTES * tp_terms(info)
+    if isinstance(info.layer, ir.TensorProduct):  # its kernel tables counted as if fused (a bound)
+        paths = [(p.l1, p.l2, p.l, p.n_pairs, p.n1, p.n2) for p in info.paths]
+        return 0, tp_table_bytes(paths, info.layer.L)
     if not isinstance(info.layer, ir.Pointwise):
         return 0, 0
     t = info.t_in
@@ -392,9 +355,15 @@ def _layer_bytes(info: LayerInfo) -> tuple[int, int]:
     return 4 * t.C * (2 * N - 1) * L * (2 * L - 1), so3_table_bytes(L, N)
 
 
+#: Bytes of ``PackedWeight`` index tables per parameter: two int64 slots and two float32 signs per
+#: padded weight entry, and at most ~2 padded entries per real parameter (tests/test_limits.py).
+WEIGHT_TABLE_BYTES = 48
+
+
 def check_size(size: ModelSize, info: LayerInfo, limits: Limits) -> ModelSize:
     """``size`` plus one layer; a located ``SphcError`` at that layer if a limit is crossed."""
     samples, tables = _layer_bytes(info)
+    tables += WEIGHT_TABLE_BYTES * info.params  # PackedWeight's index tables (runtime/layers.py)
     size = ModelSize(
         size.layers + 1,
         size.params + info.params,

@@ -16,9 +16,11 @@ moves the whole expanded fragment tensor through memory several times. Here one 
   against the other factor; the skew view's gradient is written through a skewed view of a
   zero tensor and summed over k (its adjoint without an index scatter).
 
-The plan (paths, columns, CG blocks) is decoded from the reference's own index tables (``ref`` =
-src1, src2, cg_index, coef), so both paths read one source of truth; it is cached per ``ref``
-tensor object (weakly: it goes with the buffer). Orders |m| > l of the input are never read.
+The plan (per path: degrees, column ranges, pair grid, output columns, CG block) is built once by
+the layer (``build_tables``, from its paths and CG values: one entry per column pair and per CG
+coefficient, never one per product term) and travels as a few tensors (``TABLE_NAMES``), decoded
+into a ``TPPlan`` on first use and cached per table tensor (weakly: it goes with the buffer).
+Orders |m| > l of the input are never read.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from sphc import layout
 
 
 @dataclass(frozen=True)
@@ -59,57 +63,67 @@ class TPPlan:
     paths: tuple[PathPlan, ...]
 
 
-_PLANS: dict[int, tuple] = {}  # id(src1 tensor) -> (weak ref to it, sizes, plan)
+TABLE_NAMES = ("meta", "pair_off", "grid", "cols", "cg_off", "cg")
 
 
-def plan_of(ref: list[torch.Tensor], L_in: int, T_in: int, L: int, width: int) -> TPPlan:
-    """The plan of the reference tables ``ref``, cached per ``src1`` tensor object while it lives."""
-    sizes = (L_in, T_in, L, width)
-    cached = _PLANS.get(id(ref[0]))
-    if cached is not None and cached[0]() is ref[0] and cached[1] == sizes:
-        return cached[2]
-    plan = _build_plan([t.cpu().numpy() for t in ref], L_in, T_in, L, width)
-    _PLANS[id(ref[0])] = (weakref.ref(ref[0]), sizes, plan)
-    weakref.finalize(ref[0], _PLANS.pop, id(ref[0]), None)
-    return plan
+def build_tables(paths, cg: np.ndarray) -> dict[str, np.ndarray]:
+    """The fast path's tables of a tensor product: its ``paths`` (l1, l2, l, column pairs) and CG
+    values (``layout.cg_pattern`` order per path, ``layout.cg_offsets``), as flat arrays.
 
-
-def _build_plan(ref, L_in, T_in, L, width) -> TPPlan:
-    src1, src2, cg_index, coef = ref
-    M_in, M = 2 * L_in - 1, 2 * L - 1
-    dst, prod = cg_index
-    s1, s2 = src1[prod], src2[prod]
-    l1, r1 = np.divmod(s1 // T_in, M_in)
-    l2, r2 = np.divmod(s2 // T_in, M_in)
-    i, j = s1 % T_in, s2 % T_in
-    m1, m2 = r1 - (L_in - 1), r2 - (L_in - 1)
-    lm, col = np.divmod(dst, width)
-    l, m = np.divmod(lm, M)
-    m = m - (L - 1)
-    paths, pad = [], 0
-    key = (l1 * L_in + l2) * L + l  # the path (l1, l2, l) of each CG entry
-    order = np.argsort(key, kind="stable")
-    uniq, bounds = np.unique(key[order], return_index=True)
-    bounds = np.append(bounds, len(key))
-    for p, k in enumerate(uniq.tolist()):
-        pl1, pl2, pl = k // L // L_in, k // L % L_in, k % L
-        e = order[bounds[p] : bounds[p + 1]]  # this path's CG entries
-        swap = pl2 < pl1  # factor a = the one of smaller degree
-        la, lb = (pl2, pl1) if swap else (pl1, pl2)
-        ia, ib = (j[e], i[e]) if swap else (i[e], j[e])
-        ma = (m2 if swap else m1)[e]
+    Per path ``meta`` = (l, la, a0, na, lb, b0, nb, full grid?) with factor a of the smaller degree;
+    its pairs as positions ``(i − a0)·nb + (j − b0)`` of the (na, nb) grid, ascending, with their
+    output columns; its CG block C[la − m_a, m + l] (K × (2l+1)), flattened.
+    """
+    offsets = layout.cg_offsets(paths)
+    meta, grids, cols, blocks = [], [], [], []
+    for (l1, l2, l, pairs), first in zip(paths, layout.output_columns(paths)):
+        swap = l2 < l1  # factor a = the one of smaller degree
+        la, lb = (l2, l1) if swap else (l1, l2)
+        ij = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        ia, ib = (ij[:, 1], ij[:, 0]) if swap else (ij[:, 0], ij[:, 1])
         a0, b0 = int(ia.min()), int(ib.min())
         na, nb = int(ia.max()) - a0 + 1, int(ib.max()) - b0 + 1
-        # pairs: one output column per (i, j); the CG value per (m, m_a) is shared by all pairs
-        pair_key = (ia - a0) * nb + (ib - b0)
-        grid, first = np.unique(pair_key, return_index=True)
-        cols = col[e][first]
-        cg = np.zeros((2 * la + 1, 2 * pl + 1))
-        cg[la - ma, m[e] + pl] = coef[e]
-        full = len(grid) == na * nb
-        paths.append(PathPlan(pl, la, a0, na, lb, b0, nb, grid, cols, cg, full))
-        pad = max(pad, pl + la - (L_in - 1))
-    return TPPlan(L_in, T_in, L, width, pad, tuple(sorted(paths, key=lambda q: q.l)))
+        key = (ia - a0) * nb + (ib - b0)
+        order = np.argsort(key, kind="stable")
+        m, m1 = layout.cg_pattern(l1, l2, l)
+        ma = m - m1 if swap else m1
+        block = np.zeros((2 * la + 1, 2 * l + 1))
+        block[la - ma, m + l] = cg[offsets[(l1, l2, l)] : offsets[(l1, l2, l)] + len(m)]
+        meta.append((l, la, a0, na, lb, b0, nb, int(len(key) == na * nb)))
+        grids.append(key[order])
+        cols.append(first + order)
+        blocks.append(block.reshape(-1))
+    sizes = [len(g) for g in grids]
+    return {
+        "meta": np.asarray(meta, dtype=np.int64).reshape(-1, 8),
+        "pair_off": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        "grid": np.concatenate(grids) if grids else np.zeros(0, dtype=np.int64),
+        "cols": np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64),
+        "cg_off": np.concatenate([[0], np.cumsum([len(b) for b in blocks])]).astype(np.int64),
+        "cg": np.concatenate(blocks) if blocks else np.zeros(0),
+    }
+
+
+_PLANS: dict[int, tuple] = {}  # id(meta tensor) -> (weak ref to it, sizes, plan)
+
+
+def plan_of(tables: list[torch.Tensor], L_in: int, T_in: int, L: int, width: int) -> TPPlan:
+    """The plan of the tables (``TABLE_NAMES`` order), cached per ``meta`` tensor object while it lives."""
+    sizes = (L_in, T_in, L, width)
+    cached = _PLANS.get(id(tables[0]))
+    if cached is not None and cached[0]() is tables[0] and cached[1] == sizes:
+        return cached[2]
+    meta, pair_off, grid, cols, cg_off, cg = (t.cpu().numpy() for t in tables)
+    paths, pad = [], 0
+    for p, (l, la, a0, na, lb, b0, nb, full) in enumerate(meta.tolist()):
+        pairs = slice(pair_off[p], pair_off[p + 1])
+        block = cg[cg_off[p] : cg_off[p + 1]].reshape(2 * la + 1, 2 * l + 1)
+        paths.append(PathPlan(l, la, a0, na, lb, b0, nb, grid[pairs], cols[pairs], block, bool(full)))
+        pad = max(pad, l + la - (L_in - 1))
+    plan = TPPlan(L_in, T_in, L, width, pad, tuple(sorted(paths, key=lambda q: q.l)))
+    _PLANS[id(tables[0])] = (weakref.ref(tables[0]), sizes, plan)
+    weakref.finalize(tables[0], _PLANS.pop, id(tables[0]), None)
+    return plan
 
 
 @dataclass(frozen=True)
@@ -222,18 +236,18 @@ def _blocks(x: torch.Tensor, plan: TPPlan, L: int, u: torch.Tensor | None):
     return blocks
 
 
-def tp_project(x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], L_tp: int) -> torch.Tensor:
+def tp_project(x: torch.Tensor, u: torch.Tensor, fast: list[torch.Tensor], L_tp: int) -> torch.Tensor:
     """Same function as ``ops._tp_project_reference``: TP(x) contracted with u (L, width, τ_u), l < L."""
     B, C, L_in, _, T = x.shape
     L, width, tau_u = u.shape
-    plan = plan_of(ref, L_in, T, L_tp, width)
+    plan = plan_of(fast, L_in, T, L_tp, width)
     return _assemble(_blocks(x, plan, L, u), L, tau_u, B, C, x)
 
 
-def tensor_product(x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
+def tensor_product(x: torch.Tensor, fast: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
     """Same function as ``ops.tp_reference``: the expanded (B, C, L, 2L−1, width) tensor product."""
     B, C, L_in, _, T = x.shape
-    plan = plan_of(ref, L_in, T, L, width)
+    plan = plan_of(fast, L_in, T, L, width)
     return _assemble(_blocks(x, plan, L, None), L, width, B, C, x)
 
 
@@ -265,14 +279,14 @@ def _grad_rows(g: torch.Tensor, L: int) -> list[torch.Tensor]:
     return [rows[l, L - 1 - l : L + l] for l in range(L)]
 
 
-def _backward(g, x, u, ref, L_tp, width):
+def _backward(g, x, u, fast, L_tp, width):
     """(grad x, grad u or None) for ``tp_project`` (``u`` given) or ``tensor_product``.
 
     Written for conj(grad): conj(gy) = Σ_j conj(g_n) x_b and conj(g_xb) = Σ_i conj(g_n) Y need no
     conjugated copy of the big factors, and one conj of the accumulated gradient at the end.
     """
     B, C, L_in, M_in, T = x.shape
-    plan = plan_of(ref, L_in, T, L_tp, width)
+    plan = plan_of(fast, L_in, T, L_tp, width)
     L = g.shape[2]
     rows = _rows(x, plan)
     rows_rev = rows.flip(1)
@@ -319,9 +333,9 @@ def _backward(g, x, u, ref, L_tp, width):
     return grad.contiguous(), (gu_c.conj().resolve_conj() if gu_c is not None else None)
 
 
-def tp_project_backward(g, x, u, ref, L_tp):
-    return _backward(g, x, u, ref, L_tp, u.shape[1])
+def tp_project_backward(g, x, u, fast, L_tp):
+    return _backward(g, x, u, fast, L_tp, u.shape[1])
 
 
-def tensor_product_backward(g, x, ref, L, width):
-    return _backward(g, x, None, ref, L, width)[0]
+def tensor_product_backward(g, x, fast, L, width):
+    return _backward(g, x, None, fast, L, width)[0]

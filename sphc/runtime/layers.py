@@ -23,7 +23,8 @@ from torch.nn import functional as F
 
 from sphc import cg, layout
 from sphc.errors import Span, SphcError, SphcInternalError
-from sphc.runtime import fast_pointwise, ops, tp_kernels
+from sphc.limits import TP_TERM_BYTES, size_limits
+from sphc.runtime import fast_pointwise, fast_tp, ops, tp_kernels
 from sphc.runtime.transforms import (
     S2Tables,
     SO3Tables,
@@ -361,24 +362,48 @@ class TensorProduct(nn.Module):
         self.key = ""  # the kernel-registry key; set_backend names it after the layer's attribute
         self.in_shape = (C, L_in, width_in)
         self.io = ""  # "bfloat16" / "float16": the fused kernel reads x in that dtype (set_backend)
-        src1, src2, dst, coef = self._terms(L_in, T_in, L, self.width, paths, cg)
-        # distinct products (src1, src2), as one int64 key each; term k reads product inv[k]
-        n_in = L_in * (2 * L_in - 1) * T_in
-        keys, inv = np.unique(src1 * n_in + src2, return_inverse=True)
-        inv = inv.reshape(-1)
-        # coalesced COO: rows ascending, then columns ((dst, inv) pairs are unique)
-        order = np.argsort(dst * max(len(keys), 1) + inv, kind="stable")
-        ref = {
-            "src1": keys // n_in,
-            "src2": keys % n_in,
-            "cg_index": np.stack([dst[order], inv[order]]).astype(np.int64),
-            "coef": coef[order],
-        }
-        self._ref = self._buffers_from("ref_", ref)
+        self._paths, self._cg, self._T_in = paths, cg, T_in
+        fast = fast_tp.build_tables(paths, cg)
+        self._fast = self._buffers_from("fast_", {k: fast[k] for k in fast_tp.TABLE_NAMES})
+        self._ref: tuple[str, ...] = ()  # the reference's per-term tables: built on its first call
         self._tab: tuple[str, ...] = ()
         if project is not None:
             tables = tp_kernels.build_tables(project[0], self.width, paths, cg)
             self._tab = self._buffers_from("tab_", {k: tables[k].numpy() for k in tp_kernels.TABLE_NAMES})
+
+    def reference_tables(self) -> list[torch.Tensor]:
+        """The reference backend's tables (one entry per product term), built on first use: they are
+        the one table set that grows with CG entries × column pairs, so they are only built when the
+        reference runs, after checking their size against the model-size limit."""
+        if not self._ref:
+            L_in = self.in_shape[1]
+            terms = sum(layout.cg_pattern_size(*p[:3]) * len(p[3]) for p in self._paths)
+            need, limit = TP_TERM_BYTES * terms, size_limits().table_bytes
+            if need > limit:
+                raise SphcError(
+                    f"this tensor product's reference tables need {need / 2**30:.1f} GiB "
+                    f"({terms:,} product terms); the limit is {limit / 2**30:.1f} GiB",
+                    hint="run it with backend='torch' or 'triton' (per-path tables), or raise the limit "
+                    "with SPHC_LIMIT_SCALE=K",
+                )
+            src1, src2, dst, coef = self._terms(L_in, self._T_in, self.L, self.width, self._paths, self._cg)
+            # distinct products (src1, src2), as one int64 key each; term k reads product inv[k]
+            n_in = L_in * (2 * L_in - 1) * self._T_in
+            keys, inv = np.unique(src1 * n_in + src2, return_inverse=True)
+            inv = inv.reshape(-1)
+            # coalesced COO: rows ascending, then columns ((dst, inv) pairs are unique)
+            order = np.argsort(dst * max(len(keys), 1) + inv, kind="stable")
+            ref = {
+                "src1": keys // n_in,
+                "src2": keys % n_in,
+                "cg_index": np.stack([dst[order], inv[order]]).astype(np.int64),
+                "coef": coef[order],
+            }
+            device = getattr(self, self._fast[0]).device  # where the layer lives now
+            self._ref = self._buffers_from("ref_", ref)
+            for name in self._ref:
+                setattr(self, name, getattr(self, name).to(device))
+        return self._list(self._ref)
 
     def _buffers_from(self, prefix: str, arrays: dict[str, np.ndarray]) -> tuple[str, ...]:
         """Register index tables as non-persistent buffers (they move with .to(); float ones follow .double())."""
@@ -419,16 +444,21 @@ class TensorProduct(nn.Module):
     def _list(self, names: tuple[str, ...]) -> list[torch.Tensor]:
         return [getattr(self, n) for n in names]
 
+    def _tables(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(reference tables — only for the reference backend —, fast-path tables)."""
+        ref = self.reference_tables() if self.backend == "reference" else []
+        return ref, self._list(self._fast)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ref = self._list(self._ref)
-        return ops.tensor_product(self._merged(x), ref, self.L, self.width, self.key, self.backend)
+        ref, fast = self._tables()
+        return ops.tensor_product(self._merged(x), ref, fast, self.L, self.width, self.key, self.backend)
 
     def project(self, x: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
         """The tensor product contracted with ``u`` (L', width, tau_u), degrees l < L' only."""
         if not self._tab:
             raise SphcInternalError("TensorProduct.project needs a layer built with project=(L, tau_u)")
-        ref, tab = self._list(self._ref), self._list(self._tab)
-        return ops.tp_project(self._merged(x), u, ref, tab, self.L, self.key, self.backend, self.io)
+        (ref, fast), tab = self._tables(), self._list(self._tab)
+        return ops.tp_project(self._merged(x), u, ref, fast, tab, self.L, self.key, self.backend, self.io)
 
 
 def _fan_std(fan: np.ndarray) -> np.ndarray:

@@ -164,31 +164,33 @@ def _tables(tab: list[torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @torch.library.custom_op("sphc::tp_project", mutates_args=())
 def tp_project(
-    x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], tab: list[torch.Tensor], L_tp: int, key: str,
-    backend: str, io: str,
+    x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], fast: list[torch.Tensor], tab: list[torch.Tensor],
+    L_tp: int, key: str, backend: str, io: str,
 ) -> torch.Tensor:  # fmt: skip
     """a[b,c,l,m,:] = Σ_col TP(x)[b,c,l,m,col] U[l,col,:] for l < L = u.shape[0], TP never stored.
 
-    ``io`` = "bfloat16" / "float16" stores x in that dtype for the kernel (fp32 accumulation); the
-    reference rounds x the same way, so both backends compute the same function.
+    Each implementation reads its own tables: ``ref`` the reference's (per product term; empty unless
+    the backend is "reference"), ``fast`` the fast path's (per path), ``tab`` the kernels'. ``io`` =
+    "bfloat16" / "float16" stores x in that dtype for the kernel (fp32 accumulation); the other paths
+    round x the same way, so every backend computes the same function.
     """
     if use_triton(backend, key, x, key):
         return kernels(key).forward(x, u, _tables(tab), io=IO_DTYPES[io])
     if backend == "reference":
         return _tp_project_reference(rounded(x, io), u, ref, L_tp).contiguous()
-    return fast_tp.tp_project(rounded(x, io), u, ref, L_tp)
+    return fast_tp.tp_project(rounded(x, io), u, fast, L_tp)
 
 
 @tp_project.register_fake
-def _(x, u, ref, tab, L_tp, key, backend, io):
+def _(x, u, ref, fast, tab, L_tp, key, backend, io):
     L = u.shape[0]
     return x.new_empty(x.shape[0], x.shape[1], L, 2 * L - 1, u.shape[2])
 
 
 @torch.library.custom_op("sphc::tp_project_backward", mutates_args=())
 def tp_project_backward(
-    g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], tab: list[torch.Tensor],
-    L_tp: int, key: str, backend: str, io: str,
+    g: torch.Tensor, x: torch.Tensor, u: torch.Tensor, ref: list[torch.Tensor], fast: list[torch.Tensor],
+    tab: list[torch.Tensor], L_tp: int, key: str, backend: str, io: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Gradients of ``tp_project`` (for rounded inputs: the straight-through gradient of the rounding)."""
     if use_triton(backend, key, x, key):
@@ -196,27 +198,27 @@ def tp_project_backward(
     if backend == "reference":
         gx, gu = _tp_project_reference_backward(g, rounded(x, io), u, ref, L_tp)
     else:
-        gx, gu = fast_tp.tp_project_backward(g, rounded(x, io), u, ref, L_tp)
+        gx, gu = fast_tp.tp_project_backward(g, rounded(x, io), u, fast, L_tp)
     return gx.contiguous(), gu.contiguous()
 
 
 @tp_project_backward.register_fake
-def _(g, x, u, ref, tab, L_tp, key, backend, io):
+def _(g, x, u, ref, fast, tab, L_tp, key, backend, io):
     return x.new_empty(x.shape), u.new_empty(u.shape)
 
 
 def _tp_setup(ctx, inputs, output):
-    x, u, ref, tab, L_tp, key, backend, io = inputs
-    ctx.save_for_backward(x, u, *ref, *tab)
-    ctx.meta = (len(ref), L_tp, key, backend, io)
+    x, u, ref, fast, tab, L_tp, key, backend, io = inputs
+    ctx.save_for_backward(x, u, *ref, *fast, *tab)
+    ctx.meta = (len(ref), len(fast), L_tp, key, backend, io)
 
 
 def _tp_backward(ctx, g):
-    n_ref, L_tp, key, backend, io = ctx.meta
+    n_ref, n_fast, L_tp, key, backend, io = ctx.meta
     x, u, *rest = ctx.saved_tensors
-    ref, tab = rest[:n_ref], rest[n_ref:]
-    gx, gu = tp_project_backward(g.contiguous(), x, u, ref, tab, L_tp, key, backend, io)
-    return gx, gu, [None] * len(ref), [None] * len(tab), None, None, None, None
+    ref, fast, tab = rest[:n_ref], rest[n_ref : n_ref + n_fast], rest[n_ref + n_fast :]
+    gx, gu = tp_project_backward(g.contiguous(), x, u, ref, fast, tab, L_tp, key, backend, io)
+    return gx, gu, [None] * len(ref), [None] * len(fast), [None] * len(tab), None, None, None, None
 
 
 tp_project.register_autograd(_tp_backward, setup_context=_tp_setup)
@@ -224,7 +226,13 @@ tp_project.register_autograd(_tp_backward, setup_context=_tp_setup)
 
 @torch.library.custom_op("sphc::tensor_product", mutates_args=())
 def tensor_product(
-    x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int, key: str, backend: str
+    x: torch.Tensor,
+    ref: list[torch.Tensor],
+    fast: list[torch.Tensor],
+    L: int,
+    width: int,
+    key: str,
+    backend: str,
 ) -> torch.Tensor:
     """The unfused tensor product (a TensorProduct not followed by GenConv): no Triton kernel."""
     if backend == "triton" or (backend == "auto" and x.is_cuda):
@@ -235,44 +243,41 @@ def tensor_product(
         )
     if backend == "reference":
         return tp_reference(x, ref, L, width).contiguous()
-    return fast_tp.tensor_product(x, ref, L, width)
+    return fast_tp.tensor_product(x, fast, L, width)
 
 
 @tensor_product.register_fake
-def _(x, ref, L, width, key, backend):
+def _(x, ref, fast, L, width, key, backend):
     return x.new_empty(x.shape[0], x.shape[1], L, 2 * L - 1, width)
 
 
 @torch.library.custom_op("sphc::tensor_product_backward", mutates_args=())
 def tensor_product_backward(
-    g: torch.Tensor, x: torch.Tensor, ref: list[torch.Tensor], L: int, width: int, backend: str
-) -> torch.Tensor:
+    g: torch.Tensor, x: torch.Tensor, ref: list[torch.Tensor], fast: list[torch.Tensor], L: int, width: int,
+    backend: str,
+) -> torch.Tensor:  # fmt: skip
     if backend == "reference":
         return tp_reference_backward(g, x, ref, L, width).contiguous()
-    return fast_tp.tensor_product_backward(g, x, ref, L, width)
+    return fast_tp.tensor_product_backward(g, x, fast, L, width)
 
 
 @tensor_product_backward.register_fake
-def _(g, x, ref, L, width, backend):
+def _(g, x, ref, fast, L, width, backend):
     return x.new_empty(x.shape)
 
 
 def _tpu_setup(ctx, inputs, output):
-    x, ref, L, width, key, backend = inputs
-    ctx.save_for_backward(x, *ref)
-    ctx.meta = (L, width, backend)
+    x, ref, fast, L, width, key, backend = inputs
+    ctx.save_for_backward(x, *ref, *fast)
+    ctx.meta = (len(ref), L, width, backend)
 
 
 def _tpu_backward(ctx, g):
-    x, *ref = ctx.saved_tensors
-    return (
-        tensor_product_backward(g.contiguous(), x, ref, *ctx.meta),
-        [None] * len(ref),
-        None,
-        None,
-        None,
-        None,
-    )
+    n_ref, L, width, backend = ctx.meta
+    x, *rest = ctx.saved_tensors
+    ref, fast = rest[:n_ref], rest[n_ref:]
+    gx = tensor_product_backward(g.contiguous(), x, ref, fast, L, width, backend)
+    return gx, [None] * len(ref), [None] * len(fast), None, None, None, None
 
 
 tensor_product.register_autograd(_tpu_backward, setup_context=_tpu_setup)
