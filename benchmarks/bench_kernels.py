@@ -12,7 +12,8 @@ Parts (``--parts``, default the first four; ``floors`` prints the analytic roofl
   the input and every weight) wall-clock time, median over adaptive repeats (CUDA: synchronised around
   each repeat of back-to-back calls lasting >= 2 ms), first call separately (it includes Triton
   compilation / autotuning). Backends: ``triton`` (CUDA, or Triton's interpreter when
-  ``TRITON_INTERPRET=1`` was set — timing meaningless), ``torch`` (the reference; where its activation
+  ``TRITON_INTERPRET=1`` was set — timing meaningless), ``torch`` (the fast torch path, the CPU default),
+  ``reference`` (the readable oracle; where its activation
   estimate exceeds the memory it runs on the largest power-of-two fraction of the batch that fits, at
   least ``--ref-min-batch``, and its times are scaled up linearly — said in the row; OOM is caught),
   ``e3nn`` (``bench_layer.e3nn_layer``: ``o3.TensorProduct`` with channel-wise ``uuu`` paths on the same
@@ -90,7 +91,7 @@ ANCHOR_MNIST = "Esteves et al. JAX spherical CNN ≈ 22 steps/s on a P100 (39k p
 #: Triton kernel names (``sphc.plan``: the fused TP kernels are ``l<i>_tensorproduct_fwd`` / ``_bwd``, the
 #: per-degree linear kernels of the GenConv after it — V and X as one map — ``l<i>_genconv...``).
 DEFAULT_REGEX = {"TP+U": r"tensorproduct|tp_project", "V+X": r"genconv"}
-BACKENDS = ("triton", "torch", "e3nn")
+BACKENDS = ("triton", "torch", "reference", "e3nn")
 
 
 class Skip(Exception):
@@ -174,7 +175,7 @@ def new_model(text: str, backend: str, device: str, seed: int = 0):
     try:
         model = mod.Model(backend=backend)
     except TypeError:
-        if backend != "torch":
+        if backend != "reference":
             raise Skip("skipped: this sphc's Model() takes no backend argument (no Triton backend)") from None
         model = mod.Model()
     return model.to(device)
@@ -194,7 +195,7 @@ class Const(torch.nn.Module):
 def prepared_input(front_text: str, n_front: int, batch: int, device: str):
     """A valid input of the layer under test: random MW samples through the first ``n_front`` layers
     of the torch-reference model of ``front_text`` (a leaf tensor that requires grad)."""
-    model = new_model(front_text, "torch", device, seed=1)
+    model = new_model(front_text, "reference", device, seed=1)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, *model.input_shape, generator=g).to(device)
     with torch.no_grad():
@@ -426,7 +427,7 @@ def build_layer(L: int, backend: str, x, args, device: str):
             return e_lin(e_tp(x1, x2))
 
         return call, [x1, x2], model
-    if backend == "torch":  # the reference at a batch that fits, timed ×(batch / that batch)
+    if backend == "reference":  # the reference at a batch that fits, timed ×(batch / that batch)
         b, mem = args.batch, device_memory(device)
         est = reference_estimate(layer_text(L, args), b)
         while b > 1 and reference_estimate(layer_text(L, args), b) > mem:
@@ -481,10 +482,10 @@ def _measure_backend(L: int, backend: str, x, args, device: str, out: dict) -> N
                     "first": out[k]["first"] * out["scale"],
                     "times": [t * out["scale"] for t in out[k]["times"]],
                 }
-        if backend in ("triton", "torch"):
+        if backend in ("triton", "torch", "reference"):
             with torch.no_grad():
                 out["_y"] = fwd().detach()
-        if "roofline" in args.parts and backend == "torch":
+        if "roofline" in args.parts and backend == "reference":
             try:
                 out["substeps"] = torch_substeps(model, inputs[0], device, args, out.get("scale", 1.0))
             except Exception as e:  # the reference layers' internals are sphc's business: report, go on
@@ -627,11 +628,11 @@ def run_layer_part(args, device: str, backends, res: dict, t0: float) -> None:
             rows[backend] = r
             print(f"  {backend}: {brief(r)}", flush=True)
         ys = {b: r.pop("_y") for b, r in rows.items() if "_y" in r}
-        if "triton" in ys and "torch" in ys:
-            yt, yr = ys["triton"][: ys["torch"].shape[0]], ys["torch"]  # the reference may run fewer rows
+        for fast in (b for b in ("triton", "torch") if b in ys and "reference" in ys):
+            yt, yr = ys[fast][: ys["reference"].shape[0]], ys["reference"]  # the reference may run fewer rows
             d = (yt - yr).abs().max().item() / max(yr.abs().max().item(), 1e-30)
-            rows["check"] = {"triton_vs_torch_rel_max": d}
-            print(f"  check: max |triton − torch| / max |torch| = {d:.2e}")
+            rows.setdefault("check", {})[f"{fast}_vs_reference_rel_max"] = d
+            print(f"  check: max |{fast} − reference| / max |reference| = {d:.2e}")
         del ys, x
         free(device)
         conv = measure_convs(L, backends, args, device) if "roofline" in args.parts else {}
@@ -664,7 +665,7 @@ def _ratio(r: dict, base: dict) -> str:
 
 def layer_table(L: int, rows: dict, args, device: str) -> str:
     out = []
-    tri, ref = rows.get("triton", {}), rows.get("torch", {})
+    tri, ref = rows.get("triton", {}), rows.get("reference", {})
     for b in (b for b in BACKENDS if b in rows):
         r = rows[b]
         if "skipped" in r:
@@ -710,7 +711,7 @@ def layer_table(L: int, rows: dict, args, device: str) -> str:
         title,
     )
     lines = [t]
-    for b, name in (("torch", "reference/triton"), ("e3nn", "e3nn/triton")):
+    for b, name in (("torch", "torch/triton"), ("reference", "reference/triton"), ("e3nn", "e3nn/triton")):
         lines.append(f"{name} (fwd+bwd) = {_ratio(rows.get(b, {}), tri)}")
     if tri.get("peak") and ref.get("peak"):
         per = ref.get("scale", 1.0)  # the reference may have run on a fraction of the batch
@@ -723,7 +724,7 @@ def layer_table(L: int, rows: dict, args, device: str) -> str:
 
 def roofline_table(L: int, rows: dict, costs: list[dict], conv: dict, args) -> str:
     """One row per kernel: analytic FLOPs / bytes / H100 floor, measured torch and Triton times."""
-    ref, tri = rows.get("torch", {}), rows.get("triton", {})
+    ref, tri = rows.get("reference", {}), rows.get("triton", {})
     tri_k = {}
     if "kernels" in tri:
         tri_k = {p: classify(tri["kernels"][p], args.regex) for p in ("fwd", "fwd_bwd")}
@@ -739,16 +740,16 @@ def roofline_table(L: int, rows: dict, costs: list[dict], conv: dict, args) -> s
         k = keys[c["kernel"]]
         s = sub.get(k, {})
         t = (tri_k["fwd"].get(k), tri_k["fwd_bwd"].get(k)) if tri_k else (None, None)
-        measured.append((c, {"torch": (s.get("fwd"), s.get("fwd_bwd")), "triton": t}))
+        measured.append((c, {"reference": (s.get("fwd"), s.get("fwd_bwd")), "triton": t}))
     per = {}
-    for b, r in (("torch", ref), ("triton", tri)):
+    for b, r in (("reference", ref), ("triton", tri)):
         per[b] = (
             (median(r["fwd"]["times"]), median(r["fwd_bwd"]["times"])) if "fwd_bwd" in r else (None, None)
         )
     measured.append((total, per))
     for c in conv.get("costs", []):
         per = {}
-        for b in ("torch", "triton"):
+        for b in ("reference", "triton"):
             r = conv.get(f"{c['kernel']}/{b}", {})
             per[b] = (r.get("fwd"), r.get("fwd_bwd"))
         measured.append((c, per))
@@ -764,14 +765,14 @@ def roofline_table(L: int, rows: dict, costs: list[dict], conv: dict, args) -> s
             f"{c['flops_fwd'] / c['bytes_fwd']:.2g}",
             f"{fmt_s(ff)} / {fmt_s(fb)} ({bound})",
         ]
-        for b in ("torch", "triton"):
+        for b in ("reference", "triton"):
             f, fwd_bwd = per.get(b, (None, None))
             bw = None if f is None or fwd_bwd is None else fwd_bwd - f
             row.append(f"{fmt_s(f)} / {fmt_s(bw)}")
             row.append(f"{'-' if f is None else f'{f / ff:.0f}'} / {'-' if bw is None else f'{bw / fb:.0f}'}")
         out.append(row)
     notes = []
-    for b, r in (("torch", ref), ("triton", tri)):
+    for b, r in (("reference", ref), ("triton", tri)):
         if "skipped" in r:
             notes.append(f"{b}: {r['skipped']}")
     if tri_k:
@@ -867,10 +868,10 @@ def run_growth_part(args, device: str, backends, res: dict, t0: float) -> None:
     of a shared machine hits all configurations alike), minimum per configuration. CUDA: one
     configuration at a time (memory), minimum over adaptive repeats.
     """
-    wanted = args.growth_backends or (["triton"] if device == "cuda" else ["torch"])
+    wanted = args.growth_backends or (["triton"] if device == "cuda" else ["reference"])
     backends = [b for b in backends if b in wanted and b != "e3nn" and backend_skip(b, device) is None]
     out = res.setdefault("growth", {})
-    for b in ("triton", "torch"):
+    for b in ("triton", "reference"):
         if b not in backends:
             print(f"\ngrowth, {b}: {backend_skip(b, device) or 'not requested (--growth-backends)'}")
     interleave = device == "cpu"
@@ -887,7 +888,7 @@ def run_growth_part(args, device: str, backends, res: dict, t0: float) -> None:
                     continue
                 text = model_text(L, args.growth_K, args.tau, args.tau_u, mix)
                 try:
-                    est = reference_estimate(text, args.growth_batch) // 3 if backend == "torch" else 0
+                    est = reference_estimate(text, args.growth_batch) // 3 if backend == "reference" else 0
                     if est > device_memory(device):
                         raise Skip(f"skipped: needs ≈{est / 2**30:.0f} GiB")
                     ftext = f"Input s2 L={L} C=1 -> GenConv K={args.growth_K} tau={args.tau}"
@@ -956,7 +957,7 @@ def run_mnist_part(args, device: str, backends, res: dict) -> None:
     rows = []
     out = res.setdefault("mnist", {})
     # the reference first: the Triton model compiles and autotunes all its kernels on its first step
-    for backend in sorted((b for b in backends if b != "e3nn"), key=lambda b: b != "torch"):
+    for backend in sorted((b for b in backends if b != "e3nn"), key=lambda b: b != "reference"):
         why = backend_skip(backend, device)
         if why is None and backend == "triton" and device == "cpu":
             why = "skipped: Triton's CPU interpreter (a training step would take minutes; timing meaningless)"
@@ -1039,7 +1040,11 @@ def parse_args(argv=None):
         default="layer,roofline,growth,mnist",
         help="comma list of parts: layer, roofline, growth, mnist, floors (the analytic roofline alone)",
     )
-    ap.add_argument("--backends", default="triton,torch,e3nn", help="comma list (triton, torch, e3nn)")
+    ap.add_argument(
+        "--backends",
+        default="triton,torch,reference,e3nn",
+        help="comma list (triton, torch = the fast torch path, reference = the oracle, e3nn)",
+    )
     ap.add_argument("--L", type=int, nargs="+", default=None, help="bandlimits (default 16 32 64)")
     ap.add_argument("--batch", type=int, default=None, help="batch (default 256)")
     ap.add_argument("--K", type=int, default=16, help="channels in and out")

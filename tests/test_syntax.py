@@ -30,6 +30,10 @@ EVERY_KIND = [
     " -> Dense 4 act=tanh -> Dense 4 act=sigmoid -> Dense 1 act=relu dropout=0.999",
     "Input s2 L=8 C=2 -> ZonalLayer C=3 L=6 act=gelu oversample=2 -> S2Layer C=2 L=5 N=3 act=tanh"
     " -> SO3Layer C=4 L=4 N=2 oversample=3 -> Pointwise softplus -> Invariant",
+    "Input s2 L=4 C=5 set=true -> S2Conv C=2 L=3 N=2 -> Norm -> Invariant -> Dense 6 act=relu"
+    " -> SetSum -> Dense 1",
+    "Input s2 L=4 set=true -> ZonalConv -> Invariant -> SetMean -> Dense 2",
+    "Input s2 L=4 set=true -> ZonalConv -> Invariant -> SetPool mean=false -> Dense 2",
 ]
 MODELS = {**EXAMPLES, "sketch": SKETCH, **{f"every_kind_{i}": t for i, t in enumerate(EVERY_KIND)}}
 
