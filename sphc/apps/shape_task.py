@@ -39,6 +39,7 @@ from sphc.apps.tasks import (
     invariance_probe,
     output_size,
     predict,
+    refuse_set_model,
     seeded_choice,
 )
 from sphc.errors import SphcError
@@ -190,6 +191,7 @@ class ShapeTask(Task):
 
         c = self.config
         C, L, _ = model.input_shape
+        refuse_set_model(model, c, "a shape is one sphere")
         if len(CHANNELS) != C:
             raise SphcError(
                 f"{c.model} expects {C} input channels, but shape signals have {len(CHANNELS)} "

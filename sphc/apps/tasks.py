@@ -183,6 +183,7 @@ class MnistTask(Task):
 
         config = self.config
         C, L, _ = model.input_shape
+        refuse_set_model(model, config, "a digit is one sphere")
         if C != 1:
             raise SphcError(
                 f"{config.model} expects {C} input channels, but Spherical MNIST has 1 (use Input ... C=1)"
@@ -240,6 +241,14 @@ class MnistTask(Task):
             plots.plot_curves(out / "curves.png", runs),
             plots.plot_accuracy(out / "accuracy.png", runs),
         ]
+
+
+def refuse_set_model(model: nn.Module, config: TrainConfig, why: str) -> None:
+    if is_set_model(model):
+        raise SphcError(
+            f"{config.model} takes a set of spheres per example (Input ... set=true), but {why}: "
+            "remove set=true and the SetSum / SetMean / SetPool layer"
+        )
 
 
 def check_splits(config: TrainConfig) -> None:
