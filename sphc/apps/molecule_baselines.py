@@ -165,8 +165,9 @@ def fit_coulomb_krr(
 # ------------------------------------------------------------------------------------------ driver
 
 
-def run_baseline(name: str, mols: Molecules, fold: int, seed: int = 0) -> dict:
-    """Fit baseline ``name`` on every fold but ``fold`` and score it on ``fold``: a metrics dict."""
+def baseline_predictions(name: str, mols: Molecules, fold: int, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Fit baseline ``name`` on every fold but ``fold``: its predictions (kcal/mol) for the held-out
+    molecules, in ``fold_indices`` order, and what the fit chose (weights or hyper-parameters)."""
     if name not in BASELINES:
         raise SphcError(f"unknown molecule baseline {name!r}; choose one of {', '.join(BASELINES)}")
     train, test = fold_indices(mols, fold)
@@ -174,18 +175,25 @@ def run_baseline(name: str, mols: Molecules, fold: int, seed: int = 0) -> dict:
         raise SphcError(
             f"{mols.source}: fold {fold} leaves {len(train)} training / {len(test)} test molecules"
         )
-    start = time.perf_counter()
-    extra: dict = {}
     if name == "atom-counts":
         model = AtomCountModel.fit(mols.take(train))
-        pred = model.predict(mols.take(test))
         extra = {"weights_kcal_mol": dict(zip(model.elements, model.weights.tolist(), strict=True))}
         extra["bias_kcal_mol"] = model.bias
-    else:
-        features = sorted_coulomb_matrices(mols)
-        krr, search = fit_coulomb_krr(features[train], mols.energy[train], seed)
-        pred = krr.predict(features[test])
-        extra = {"gamma": krr.gamma, "alpha": krr.alpha, "hyperparameter_search": search}
+        return model.predict(mols.take(test)), extra
+    features = sorted_coulomb_matrices(mols)
+    krr, search = fit_coulomb_krr(features[train], mols.energy[train], seed)
+    return krr.predict(features[test]), {
+        "gamma": krr.gamma,
+        "alpha": krr.alpha,
+        "hyperparameter_search": search,
+    }
+
+
+def run_baseline(name: str, mols: Molecules, fold: int, seed: int = 0) -> dict:
+    """Fit baseline ``name`` on every fold but ``fold`` and score it on ``fold``: a metrics dict."""
+    start = time.perf_counter()
+    pred, extra = baseline_predictions(name, mols, fold, seed)
+    train, test = fold_indices(mols, fold)
     return {
         "baseline": name,
         "source": mols.source,

@@ -1,7 +1,10 @@
-"""Pictures of a Spherical MNIST run (``sphc plot``, ``sphc train --plots``), drawn with matplotlib.
+"""Pictures of ``sphc train`` runs (``sphc plot``, ``sphc train --plots``), drawn with matplotlib.
 
-Three PNGs: digits on the sphere (Mollweide projection, non-rotated and rotated), training-loss
-curves, and the accuracy table as a bar chart. The Agg backend is used, so no display is needed.
+Which pictures a run gets is its task's choice (``Task.draw``): Spherical MNIST — digits on the
+sphere (non-rotated and rotated), training-loss curves, the accuracy chart; molecules — predicted
+against true energies, the error histogram, the learning curve; shapes — a few meshes with their six
+spherical channels, the retrieval table, loss curves and accuracy. The Agg backend is used, so no
+display is needed.
 """
 
 from __future__ import annotations
@@ -67,7 +70,9 @@ def plot_digits(path: Path, L: int, count: int = 4, seed: int = 0, source=None) 
 
 
 def _label(m: dict) -> str:
-    return "planar CNN" if m.get("baseline") else f"sphc {Path(m['model']).name}"
+    if m.get("baseline") == "planar":
+        return "planar CNN"
+    return f"{m['baseline']} baseline" if m.get("baseline") else f"sphc {Path(m['model']).name}"
 
 
 def smoothing_window(steps: int) -> int:
@@ -125,7 +130,7 @@ def accuracy_figure(runs: list[dict]):
         bars = ax.bar(np.arange(len(regimes)) + j * width, vals, width, label=_label(m))
         ax.bar_label(bars, fmt="%.1f", fontsize=8)
     ax.set_xticks(np.arange(len(regimes)) + width * (len(runs) - 1) / 2, [r.upper() for r in regimes])
-    ax.set_xlabel("train / test digits (NR = non-rotated, R = rotated)")
+    ax.set_xlabel("train / test (NR = non-rotated, R = rotated)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(0, 105)
     ax.set_title("Test accuracy")
@@ -142,13 +147,13 @@ def _read_run(d: Path) -> dict:
         m = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise SphcError(f"cannot read {f}: {e}") from None
-    missing = [k for k in ("model", "accuracy", "loss_history", "config") if k not in m]
+    missing = [k for k in ("model", "config") if k not in m]
     if missing:
         raise SphcError(f"{f} lacks {', '.join(missing)}: is it the metrics.json of an `sphc train` run?")
     return m
 
 
-def _input_L(m: dict, where: Path) -> int:
+def input_L(m: dict, where: Path) -> int:
     """The model's input bandlimit: from metrics.json, or (runs of older sphc versions) the model file."""
     if "input_shape" in m:
         return int(m["input_shape"][1])
@@ -166,29 +171,160 @@ def _input_L(m: dict, where: Path) -> int:
     return check_source(text, str(model)).model.input.L
 
 
-def plot_runs(run_dirs: list[Path], out: Path, L: int | None = None) -> list[Path]:
-    """All three pictures for one or more run directories (each holding a metrics.json).
+def plot_runs(run_dirs: list[Path], out: Path) -> list[Path]:
+    """The pictures of one or more run directories (each holding a metrics.json) of one task.
 
     Every input is checked before ``out`` is created, and a directory this call created is removed
     again if drawing fails, so a failed ``sphc plot`` leaves nothing behind.
     """
+    from sphc.apps.tasks import task_class
+
     runs = [_read_run(d) for d in run_dirs]
+    tasks = [task_class(m["config"].get("data", "spherical-mnist")) for m in runs]
+    if len(set(tasks)) > 1:
+        kinds = ", ".join(dict.fromkeys(m["config"]["data"] for m in runs))
+        raise SphcError(f"these runs are of different kinds ({kinds}); plot each kind separately")
+    if tasks[0].__name__ == "MnistTask":
+        for m, d in zip(runs, run_dirs):
+            missing = [k for k in ("accuracy", "loss_history") if k not in m]
+            if missing:
+                raise SphcError(
+                    f"{Path(d) / 'metrics.json'} lacks {', '.join(missing)}: is it the metrics.json of an `sphc train` run?"
+                )
     if out.exists() and not out.is_dir():
-        raise SphcError(f"{out} is a file, but sphc plot writes three PNG files into a directory (-o DIR)")
-    if L is None:
-        L = _input_L(runs[0], run_dirs[0])
-    cfg = runs[0]["config"]
+        raise SphcError(f"{out} is a file, but sphc plot writes PNG files into a directory (-o DIR)")
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
-        return [
-            plot_digits(out / "digits.png", L, seed=cfg["seed"], source=cfg.get("data_path")),
-            plot_curves(out / "curves.png", runs),
-            plot_accuracy(out / "accuracy.png", runs),
-        ]
+        return tasks[0].draw(runs, [Path(d) for d in run_dirs], out)
     except BaseException as e:
         if created:
             shutil.rmtree(created[-1], ignore_errors=True)
         if isinstance(e, OSError):
             raise SphcError(f"cannot write the plots into {out}: {e.strerror or e}") from None
         raise
+
+
+# ------------------------------------------------------------------------------------ molecules
+
+
+def _trained(runs: list[dict]) -> list[dict]:
+    return [m for m in runs if m.get("loss_history")]
+
+
+def plot_predicted(path: Path, runs: list[dict], predictions: list[dict]) -> Path:
+    """Predicted against true atomization energy on the held-out fold, one panel per run."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.2 * len(runs), 4.2), squeeze=False)
+    for ax, m, p in zip(axes[0], runs, predictions):
+        y, yhat = p["y_true"], p["y_pred"]
+        lo, hi = float(min(y.min(), yhat.min())), float(max(y.max(), yhat.max()))
+        ax.plot([lo, hi], [lo, hi], color="k", lw=0.8)
+        ax.scatter(y, yhat, s=4, alpha=0.5)
+        ax.set_xlabel("true (kcal/mol)")
+        ax.set_ylabel("predicted (kcal/mol)")
+        ax.set_title(f"{_label(m)}\nfold {m['config']['fold']}: RMSE {m['rmse_kcal_mol']:.2f}", fontsize=9)
+        ax.set_aspect("equal")
+    fig.suptitle("Atomization energy, held-out molecules")
+    return _save(fig, path)
+
+
+def plot_errors(path: Path, runs: list[dict], predictions: list[dict]) -> Path:
+    """Histogram of predicted − true on the held-out fold, every run on one axis."""
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    errors = [p["y_pred"] - p["y_true"] for p in predictions]
+    span = max(float(np.quantile(np.abs(e), 0.99)) for e in errors) or 1.0
+    bins = np.linspace(-span, span, 61)
+    for m, e in zip(runs, errors):
+        ax.hist(np.clip(e, -span, span), bins=bins, histtype="step", lw=1.2,
+                label=f"{_label(m)} (MAE {m['mae_kcal_mol']:.2f})")  # fmt: skip
+    ax.set_xlabel("predicted − true (kcal/mol; the outer 1% clipped to the edge bins)")
+    ax.set_ylabel("molecules")
+    ax.set_title("Errors on the held-out fold")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def plot_learning_curve(path: Path, runs: list[dict]) -> Path:
+    """Training RMSE (moving average, kcal/mol) per step and held-out RMSE after each epoch."""
+    fig, ax = _pyplot().subplots(figsize=(6, 4))
+    for m in _trained(runs):
+        std = m["task_state"]["target_std_kcal_mol"]
+        rmse = std * np.sqrt(np.asarray(m["loss_history"], dtype=float))
+        k = smoothing_window(len(rmse))
+        smooth = np.sqrt(np.convolve(rmse**2, np.ones(k) / k, mode="valid"))
+        line = ax.plot(np.arange(len(smooth)) + k, smooth, label=f"{_label(m)}: training batches")[0]
+        ep = m.get("epoch_history", [])
+        if ep:
+            ax.plot([e["steps"] for e in ep], [e["heldout_rmse_kcal_mol"] for e in ep], "o-",
+                    color=line.get_color(), label=f"{_label(m)}: held-out, after each epoch")  # fmt: skip
+    for m in runs:
+        if m.get("baseline"):
+            ax.axhline(m["rmse_kcal_mol"], ls="--", lw=0.8, color="gray")
+            ax.annotate(f"{m['baseline']} {m['rmse_kcal_mol']:.2f}", (0, m["rmse_kcal_mol"]), fontsize=7,
+                        xytext=(2, 2), textcoords="offset points", color="gray")  # fmt: skip
+    ax.set_xlabel("step")
+    ax.set_ylabel("RMSE (kcal/mol)")
+    ax.set_yscale("log")
+    ax.set_title("Learning curve")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------------------- shapes
+
+
+def plot_shapes(path: Path, signals, meshes: dict, count: int = 4) -> Path:
+    """The first test shape of ``count`` classes: the mesh, then its six channels on the MW grid
+    (rows θ from the north pole down, columns φ: an equirectangular picture of the sphere)."""
+    from sphc.data.meshes import CHANNELS
+
+    picks = [int(np.flatnonzero(signals.y == c)[0]) for c in np.unique(signals.y)][:count]
+    plt = _pyplot()
+    fig = plt.figure(figsize=(2.2 * (1 + len(CHANNELS)), 2.0 * len(picks)))
+    cols = 1 + len(CHANNELS)
+    for row, i in enumerate(picks):
+        ax = fig.add_subplot(len(picks), cols, row * cols + 1, projection="3d")
+        build = meshes.get(str(signals.ids[i]))
+        if build is not None:
+            mesh = build()
+            v = mesh.vertices - mesh.vertices.mean(axis=0)
+            ax.plot_trisurf(v[:, 0], v[:, 1], v[:, 2], triangles=mesh.faces, color="0.7", lw=0)
+            ax.set_box_aspect(np.ptp(v, axis=0) + 1e-9)
+        ax.set_axis_off()
+        ax.set_title(str(signals.category[i]), fontsize=8)
+        for c, name in enumerate(CHANNELS):
+            ax = fig.add_subplot(len(picks), cols, row * cols + 2 + c)
+            ax.imshow(signals.x[i, c], cmap="viridis", aspect="auto")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(name, fontsize=8)
+    L = signals.x.shape[2]
+    fig.suptitle(f"Test shapes and their six channels on the MW grid, L={L} ({L}×{2 * L - 1} rays)")
+    return _save(fig, path)
+
+
+def plot_retrieval(path: Path, runs: list[dict]) -> Path:
+    """The SHREC'17 metrics of every run and train/test regime, as a table."""
+    from sphc.apps.retrieval import METRICS
+
+    header = ["run", "train/test", *(f"micro {k}" for k in METRICS), *(f"macro {k}" for k in METRICS)]
+    rows = [
+        [
+            _label(m),
+            regime.upper(),
+            *(f"{v:.3f}" for v in r["micro"].values()),
+            *(f"{v:.3f}" for v in r["macro"].values()),
+        ]  # fmt: skip
+        for m in runs
+        for regime, r in m["retrieval"].items()
+    ]
+    fig, ax = _pyplot().subplots(figsize=(12, 0.9 + 0.32 * len(rows)))
+    ax.axis("off")
+    table = ax.table(cellText=rows, colLabels=header, loc="center", cellLoc="center")
+    table.auto_set_font_size(False)
+    table.set_fontsize(8)
+    table.auto_set_column_width(list(range(len(header))))
+    ax.set_title("SHREC'17 retrieval metrics (rankings from the classifier)", fontsize=10)
+    return _save(fig, path)

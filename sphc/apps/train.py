@@ -1,16 +1,16 @@
-"""Training and evaluation of compiled models on Spherical MNIST (``sphc train``).
+"""Training and evaluation of compiled models (``sphc train``): one loop for every task.
 
-The experiment of the paper's first table (docs/CONVENTIONS.md §10): train on non-rotated (NR) or rotated (R)
-digits, test on both. A run lives in one directory: ``checkpoint.pt`` (written atomically every
-``checkpoint_every`` steps and at every epoch end, so an interrupted run resumes losing at most one
-interval) and ``metrics.json``; ``sphc train --plots`` adds PNG pictures (``plots.py``). The planar baseline (``baseline=
-"planar"``) trains an ordinary CNN on the same sampled grids seen as 2-D images.
+What is trained on, the loss and the evaluation belong to a ``Task`` (``tasks.py``: Spherical
+MNIST; ``molecule_task.py``: QM9 / QM7 / xyz energies; ``shape_task.py``: 3-D shapes and retrieval);
+this module owns what they share. A run lives in one directory: ``checkpoint.pt`` (written
+atomically every ``checkpoint_every`` steps and at every epoch end, so an interrupted run resumes
+losing at most one interval) and ``metrics.json``; ``sphc train --plots`` adds PNG pictures
+(``plots.py``). Under ``torchrun`` the same loop trains data-parallel (``distributed.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
 import json
 import math
@@ -24,12 +24,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 from tqdm import tqdm
 
+from sphc.apps import distributed
+from sphc.apps.tasks import PlanarCNN, Task, invariance_probe, task_class
 from sphc.errors import SphcError
 
-SPLITS = ("nr", "r")
+SCHEDULES = ("constant", "cosine")
+__all__ = ["PlanarCNN", "TrainConfig", "build_model", "equivariance_error", "summary", "train"]
 
 
 @dataclass(frozen=True)
@@ -42,81 +44,69 @@ class TrainConfig:
     train: str = "nr"
     test: tuple[str, ...] = ("nr", "r")
     epochs: int = field(default=5, compare=False)  # a finished run may be continued for more epochs
-    batch: int = 32
+    batch: int = 32  # the global batch: all processes together under torchrun
     lr: float = 1e-3
-    subset: int | None = None
+    subset: int | str | None = None  # an integer, or "all" (molecules: the whole source)
     test_subset: int | None = None
     seed: int = 0
     baseline: str | None = None
     data_path: str | None = None
     checkpoint_every: int = 100
     device: str = field(default="cpu", compare=False)  # may change between resumes
+    fold: int | None = None  # molecules: the held-out fold (default 0)
+    max_heavy_atoms: int | None = None  # molecules
+    residual: bool = True  # molecules: Cohen et al.'s residual trick
+    schedule: str = "constant"  # learning rate: constant, or cosine decay to 0 over the run
 
     def __post_init__(self):
         # absolute paths, so metrics.json and resuming work from any directory (sphc plot elsewhere)
         object.__setattr__(self, "model", str(Path(self.model).resolve()))
+        object.__setattr__(self, "test", tuple(self.test))
         if self.data_path is not None:
-            object.__setattr__(self, "data_path", str(Path(self.data_path).resolve()))
-        if self.data != "spherical-mnist":
-            raise SphcError(f"unknown data set {self.data!r}; the available one is spherical-mnist")
-        for split in (self.train, *self.test):
-            if split not in SPLITS:
-                raise SphcError(f"unknown split {split!r}; use nr (non-rotated) or r (rotated)")
-        if self.baseline not in (None, "planar"):
-            raise SphcError(f"unknown baseline {self.baseline!r}; the available one is planar")
+            object.__setattr__(self, "data_path", str(Path(self.data_path).expanduser().resolve()))
+        task = task_class(self.data)
         for name in ("epochs", "batch", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise SphcError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SphcError(f"--lr must be a positive number, got {self.lr}")
+        if (
+            self.subset is not None
+            and self.subset != "all"
+            and not (isinstance(self.subset, int) and self.subset >= 1)
+        ):
+            raise SphcError(f"--subset must be a positive integer or 'all', got {self.subset!r}")
+        if self.test_subset is not None and self.test_subset < 1:
+            raise SphcError(f"--test-subset must be a positive integer, got {self.test_subset}")
+        if self.schedule not in SCHEDULES:
+            raise SphcError(f"unknown --schedule {self.schedule!r}; use {' or '.join(SCHEDULES)}")
+        molecules = self.data in task_class("qm9").data_sets
+        for name in ("fold", "max_heavy_atoms"):
+            if getattr(self, name) is not None and not molecules:
+                raise SphcError(
+                    f"--{name.replace('_', '-')} applies to molecule data (--data qm9, qm7 or xyz)"
+                )
+        if not self.residual and not molecules:
+            raise SphcError("--no-residual applies to molecule data (--data qm9, qm7 or xyz)")
+        if molecules and self.fold is None:
+            object.__setattr__(self, "fold", 0)
+        if self.subset == "all" and not molecules:
+            object.__setattr__(self, "subset", None)
+        task.check(self)
 
     def identity(self) -> dict:
         """The fields a resumed run must share with the checkpoint."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
 
 
-class PlanarCNN(nn.Module):
-    """The planar baseline (≈58k parameters at L=20): the MW grid seen as an L × (2L−1) image."""
-
-    def __init__(self, input_shape: tuple[int, int, int], classes: int = 10):
-        super().__init__()
-        self.input_shape = input_shape
-        C = input_shape[0]
-        self.features = nn.Sequential(
-            nn.Conv2d(C, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.AdaptiveMaxPool2d((2, 4)),
-        )  # fmt: skip
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(512, 48), nn.ReLU(), nn.Linear(48, classes))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+_DEFAULTS = {
+    f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING
+}
 
 
 def build_model(config: TrainConfig) -> nn.Module:
-    """The compiled sphc model, or the planar baseline at the model's input shape."""
-    from sphc.compiler.pipeline import load
-
-    model = load(config.model).Model()
-    if config.baseline == "planar":
-        model = PlanarCNN(model.input_shape)
-    return model
-
-
-def _data(config: TrainConfig, input_shape: tuple[int, int, int]):
-    from sphc.data.mnist import spherical_mnist
-
-    C, L, _ = input_shape
-    if C != 1:
-        raise SphcError(
-            f"{config.model} expects {C} input channels, but Spherical MNIST has 1 (use Input ... C=1)"
-        )
-    load = lambda split, kind, subset: spherical_mnist(  # noqa: E731
-        split, L, kind == "r", seed=config.seed, subset=subset, source=config.data_path
-    )
-    train = load("train", config.train, config.subset)
-    tests = {kind: load("test", kind, config.test_subset) for kind in config.test}
-    return train, tests
+    """The network ``config`` trains: the compiled model, or a network baseline at its input shape."""
+    return task_class(config.data)(config).build_model()
 
 
 def _save(path: Path, state: dict) -> None:
@@ -131,6 +121,11 @@ def _save(path: Path, state: dict) -> None:
             os.unlink(tmp)
 
 
+def _stored(stored: dict, key: str):
+    value = stored.get(key, _DEFAULTS.get(key))
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _resume(path: Path, config: TrainConfig) -> dict | None:
     if not path.exists():
         return None
@@ -138,25 +133,14 @@ def _resume(path: Path, config: TrainConfig) -> dict | None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a truncated or foreign file: say so instead of a deep traceback
         raise SphcError(f"cannot resume from {path}: {e.__class__.__name__}: {e}".splitlines()[0]) from None
-    stored = state.get("config", {})
-    diff = [k for k, v in config.identity().items() if stored.get(k) != v]
+    stored = state.get("config", {})  # a field added since the checkpoint was written has its default
+    diff = [k for k, v in config.identity().items() if _stored(stored, k) != v]
     if diff:
         raise SphcError(
             f"{path.parent} holds a run with another configuration ({', '.join(diff)} differ); "
             "use a new --out directory"
         )
     return state
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int, device: str) -> float:
-    """Accuracy as a fraction in [0, 1]."""
-    model.eval()
-    correct = 0
-    for i in range(0, len(x), batch):
-        xb = torch.from_numpy(x[i : i + batch]).to(device)
-        correct += int((model(xb).argmax(1).cpu() == torch.from_numpy(y[i : i + batch])).sum())
-    return correct / max(len(x), 1)
 
 
 @contextlib.contextmanager
@@ -176,106 +160,148 @@ def _run_directory(out: Path):
         raise
 
 
-def train(config: TrainConfig, progress: bool = True) -> dict:
-    """Train (or resume) and evaluate; returns the metrics also written to ``out/metrics.json``."""
-    with _run_directory(Path(config.out)) as out:
-        return _train(config, out, progress)
+def train(config: TrainConfig, progress: bool = True) -> dict | None:
+    """Train (or resume) and evaluate; returns the metrics also written to ``out/metrics.json``.
+
+    Under ``torchrun`` every process calls this; rank 0 returns the metrics, the others None.
+    """
+    procs = distributed.from_environment()
+    device = distributed.process_device(config.device, procs)
+    task = task_class(config.data)(config)
+    with distributed.process_group(procs, device):
+        if not procs.main:
+            return _train(config, task, Path(config.out), False, procs, device)
+        with _run_directory(Path(config.out)) as out:
+            return _train(config, task, out, progress, procs, device)
 
 
-def _train(config: TrainConfig, out: Path, progress: bool) -> dict:
+def _rank_seed(config: TrainConfig, procs: distributed.Processes, epoch: int, step: int) -> int:
+    """Dropout seed of a process other than rank 0 (rank 0 keeps the single-process stream)."""
+    return int(np.random.SeedSequence([config.seed, procs.rank, epoch, step]).generate_state(1)[0])
+
+
+def _lr(config: TrainConfig, step: int, total: int) -> float:
+    if config.schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+    return config.lr
+
+
+def _train(
+    config: TrainConfig, task: Task, out: Path, progress: bool, procs: distributed.Processes, device: str
+) -> dict | None:
+    if config.baseline in task.fitted_baselines:  # no network: fit, score, write metrics
+        if not procs.main:
+            return None
+        metrics = task.fit_baseline(out, progress)
+        metrics = {"model": config.model, "baseline": config.baseline, **metrics, "config": config.identity()}
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        return metrics
+    distributed.check_batch(config.batch, procs)
     torch.manual_seed(config.seed)
-    model = build_model(config).to(config.device)
-    (x, y), tests = _data(config, model.input_shape)
+    model = task.build_model().to(device)
+    with distributed.main_first(procs):
+        task.load(model, progress and procs.main)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr)
     ckpt_path = out / "checkpoint.pt"
     state = _resume(ckpt_path, config)
-    epoch, done, history, wall = 0, 0, [], 0.0
-    steps = math.ceil(len(x) / config.batch)
+    epoch, done, history, epochs_log, wall = 0, 0, [], [], 0.0
+    steps = math.ceil(task.n_train / config.batch)
     if state:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         epoch, done, history, wall = state["epoch"], state["step"], state["history"], state["wall"]
+        epochs_log = state.get("epoch_history", [])
         torch.set_rng_state(state["rng"])  # dropout masks continue as if never interrupted
-        print(
-            f"resuming from {ckpt_path}: {len(history):,} of {config.epochs * steps:,} steps done, "
-            f"continuing at epoch {epoch + 1} step {done + 1}"
-            if epoch < config.epochs
-            else f"resuming from {ckpt_path}: all {config.epochs} epochs done, evaluating",
-            file=sys.stderr,
-        )
+        if procs.main:
+            print(
+                f"resuming from {ckpt_path}: {len(history):,} of {config.epochs * steps:,} steps done, "
+                f"continuing at epoch {epoch + 1} step {done + 1}"
+                if epoch < config.epochs
+                else f"resuming from {ckpt_path}: all {config.epochs} epochs done, evaluating",
+                file=sys.stderr,
+            )
+    if not procs.main:
+        torch.manual_seed(_rank_seed(config, procs, epoch, done))
+    net = model
+    if procs.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device] if device.startswith("cuda") else None)
     bar = tqdm(total=config.epochs * steps, initial=epoch * steps + done, disable=not progress, unit="step")
     start = time.perf_counter() - wall
 
     def checkpoint(epoch: int, step: int) -> None:
+        if not procs.main:
+            return
         _save(ckpt_path, {
             "config": config.identity(), "model": model.state_dict(), "optimizer": opt.state_dict(),
-            "epoch": epoch, "step": step, "history": history, "wall": time.perf_counter() - start,
-            "rng": torch.get_rng_state(),
+            "epoch": epoch, "step": step, "history": history, "epoch_history": epochs_log,
+            "wall": time.perf_counter() - start, "rng": torch.get_rng_state(), "task_state": task.state(),
         })  # fmt: skip
 
     while epoch < config.epochs:
-        model.train()
-        order = torch.randperm(len(x), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
+        net.train()
+        order = torch.randperm(
+            task.n_train, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)
+        )
         for step in range(done, steps):
-            idx = order[step * config.batch : (step + 1) * config.batch].numpy()
-            xb, yb = torch.from_numpy(x[idx]).to(config.device), torch.from_numpy(y[idx]).to(config.device)
-            loss = F.cross_entropy(model(xb), yb)
+            index = order[step * config.batch : (step + 1) * config.batch].numpy()
+            mine, weight = distributed.shard(index, procs), 1.0
+            if len(mine) == 0:  # a last batch smaller than the world: take part with zero weight
+                mine, weight = index[:1], 0.0
+            args, target = task.batch(mine)
+            losses = task.losses(net(*(a.to(device) for a in args)), target.to(device))
+            loss = losses.sum() * (weight * procs.world / len(index))  # DDP averages: global mean loss
+            for group in opt.param_groups:
+                group["lr"] = _lr(config, epoch * steps + step, config.epochs * steps)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            history.append({"epoch": epoch, "step": step, "loss": loss.item()})
+            history.append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": float(distributed.global_sum(loss, procs)) / procs.world,
+                }
+            )
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{history[-1]['loss']:.3f}")
             if (step + 1) % config.checkpoint_every == 0 and step + 1 < steps:
                 checkpoint(epoch, step + 1)
         epoch, done = epoch + 1, 0
+        if procs.main:
+            record = task.epoch_end(model, device)
+            if record is not None:
+                epochs_log.append({"epoch": epoch, "steps": len(history), **record})
         checkpoint(epoch, 0)
     bar.close()
-    accuracy = {
-        f"{config.train}/{kind}": evaluate(model, *data, config.batch, config.device)
-        for kind, data in tests.items()
-    }
+    if not procs.main:
+        return None
+    train_time = time.perf_counter() - start
     metrics = {
         "model": config.model,
         "baseline": config.baseline,
         "params": sum(p.numel() for p in model.parameters()),
-        "accuracy": accuracy,
-        "train_size": len(x),
-        "test_size": {k: len(v[0]) for k, v in tests.items()},
+        "train_size": task.n_train,
         "epochs": config.epochs,
-        "wall_time_s": round(time.perf_counter() - start, 1),
+        "processes": procs.world,
+        "train_time_s": round(train_time, 1),
         "loss_history": [h["loss"] for h in history],
+        "epoch_history": epochs_log,
         "input_shape": list(model.input_shape),
         "config": config.identity(),
     }
-    if config.baseline is None:  # the promise: rotating the input sphere leaves the prediction unchanged
-        metrics["equivariance_error"] = equivariance_error(model, config.seed)
-        metrics["equivariance_seed"] = config.seed
+    metrics.update(task.evaluate(model, device, out))
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 1)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
 
 
 def equivariance_error(model: nn.Module, seed: int) -> float:
-    """The trained model's invariance error in float64 on inputs and rotations drawn from ``seed``:
-    the same model always gets the same number, and training's random state is left untouched."""
-    from sphc.apps.equivariance import model_invariance_error
-
-    probe = copy.deepcopy(model).cpu().double().eval()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return model_invariance_error(probe, batch=4, rotations=4, rng=np.random.default_rng(seed))
+    """The trained model's invariance error in float64 on inputs and rotations drawn from ``seed``."""
+    return invariance_probe(model, seed)["equivariance_error"]
 
 
 def summary(metrics: dict) -> str:
     """The final table a user sees."""
-    what = "planar CNN baseline" if metrics["baseline"] else metrics["model"]
-    lines = [f"{what}: {metrics['params']:,} parameters, {metrics['train_size']:,} training digits, "
-             f"{metrics['epochs']} epochs, {metrics['wall_time_s']:.0f} s"]  # fmt: skip
-    lines += [f"  accuracy {k.upper():6s} {100 * v:6.2f} %" for k, v in metrics["accuracy"].items()]
-    if "equivariance_error" in metrics:
-        seed = metrics.get("equivariance_seed")
-        lines.append(
-            f"  mean relative equivariance error (float64, 4 inputs x 4 rotations, seed {seed}): "
-            f"{metrics['equivariance_error']:.1e}"
-        )
-    return "\n".join(lines)
+    return "\n".join(task_class(metrics["config"].get("data", "spherical-mnist")).summary(metrics))
