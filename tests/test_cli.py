@@ -6,6 +6,7 @@ Exit codes (sphc/apps/cli.py): 0 ok, 1 a user mistake (located diagnostic on std
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import re
@@ -267,7 +268,8 @@ def test_train_help_documents_every_flag_and_its_default(capsys):
     )[1]
     for action in train_parser._actions:
         assert action.help, f"--{action.dest} has no help"
-        if action.default not in (None, False) and action.dest != "help":
+        switch = isinstance(action, argparse._StoreFalseAction)  # --no-X: the default is its absence
+        if action.default not in (None, False) and action.dest != "help" and not switch:
             assert "(default: %(default)s)" in action.help, f"--{action.dest} hides its default"
     for key in ("x_train", "y_train", "x_test", "y_test"):  # what --data-path's .npz must hold
         assert key in text

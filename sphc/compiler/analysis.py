@@ -363,7 +363,8 @@ WEIGHT_TABLE_BYTES = 48
 def check_size(size: ModelSize, info: LayerInfo, limits: Limits) -> ModelSize:
     """``size`` plus one layer; a located ``SphcError`` at that layer if a limit is crossed."""
     samples, tables = _layer_bytes(info)
-    tables += WEIGHT_TABLE_BYTES * info.params  # PackedWeight's index tables (runtime/layers.py)
+    if not isinstance(info.layer, ir.Dense):  # Dense is a plain nn.Linear: no index tables
+        tables += WEIGHT_TABLE_BYTES * info.params  # PackedWeight's index tables (runtime/layers.py)
     size = ModelSize(
         size.layers + 1,
         size.params + info.params,
