@@ -119,13 +119,13 @@ class MoleculeTask(Task):
         self.n_train = len(self.train_idx)
 
     def _channel_statistics(self, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-        """Per-channel mean and standard deviation over the training atoms' samples (float64 sums)."""
+        """Per-channel mean and standard deviation of the training atoms' log1p samples (float64 sums)."""
         x, mask = self.spheres.x, self.spheres.mask
         C = x.shape[2]
         s, s2, n = np.zeros(C), np.zeros(C), 0
         for i in range(0, len(self.train_idx), chunk):
             idx = self.train_idx[i : i + chunk]
-            atoms = x[idx][mask[idx]].astype(np.float64)  # (atoms, C, L, 2L-1)
+            atoms = np.log1p(x[idx][mask[idx]].astype(np.float64))  # (atoms, C, L, 2L-1), as inputs()
             s += atoms.sum(axis=(0, 2, 3))
             s2 += (atoms**2).sum(axis=(0, 2, 3))
             n += atoms.shape[0] * atoms.shape[2] * atoms.shape[3]
@@ -136,9 +136,15 @@ class MoleculeTask(Task):
     def inputs(
         self, x: np.ndarray, mask: np.ndarray, n_atoms: np.ndarray
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised model arguments (x, mask) of molecules, trimmed to the largest one."""
+        """Normalised model arguments (x, mask) of molecules, trimmed to the largest one.
+
+        The potentials are compressed by log1p first: near a neighbour they grow as 1/r^p and span
+        orders of magnitude, and a few such samples made training and the Norm layers' running
+        statistics unstable (held-out RMSE jumping 10x between epochs). A pointwise map of the signal
+        commutes with rotations, so equivariance is untouched; padding stays 0.
+        """
         width = max(1, int(n_atoms.max(initial=1)))
-        xt = torch.from_numpy(np.ascontiguousarray(x[:, :width]))
+        xt = torch.log1p(torch.from_numpy(np.ascontiguousarray(x[:, :width])))
         m = torch.from_numpy(self.input_mean.astype(np.float32))[:, None, None]
         s = torch.from_numpy(self.input_std.astype(np.float32))[:, None, None]
         return (xt - m) / s, torch.from_numpy(np.ascontiguousarray(mask[:, :width]))
