@@ -12,6 +12,7 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import subprocess
 import sys
@@ -202,3 +203,26 @@ def growth_tables(
         f"log-log slopes over L = {', '.join(map(str, Ls))}",
     )
     return t1, t2
+
+
+def interleaved(fns: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
+    """Seconds per call of each function over ``rounds`` rounds (noise bursts hit all alike).
+
+    Each round visits the functions in a fresh random order (fixed seed), and times each one right after an
+    untimed call of the same function: steady-state, warm-cache times, with no function always following the
+    one that evicts the caches (the pyssht loop).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    rng = random.Random(0)
+    keys = list(fns)
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        rng.shuffle(keys)
+        for k in keys:
+            fns[k]()
+            t = time.perf_counter()
+            fns[k]()
+            out[k].append(time.perf_counter() - t)
+    return out

@@ -31,7 +31,6 @@ hull, cast mesh and hull) per mesh, which is what a data set build costs.
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 import time
 from pathlib import Path
@@ -39,22 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from _common import fmt_s, machine, median, table  # noqa: E402
-
-
-def interleaved(fns: dict, rounds: int) -> dict[str, float]:
-    """Median seconds per call of each function; each round runs them in a fresh random order."""
-    rng = random.Random(0)
-    keys = list(fns)
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        rng.shuffle(keys)
-        for k in keys:
-            fns[k]()
-            t = time.perf_counter()
-            fns[k]()
-            out[k].append(time.perf_counter() - t)
-    return {k: median(v) for k, v in out.items()}
+from _common import fmt_s, interleaved, machine, median, table  # noqa: E402
 
 
 def pair_counts(meshes, directions) -> tuple[int, int]:
@@ -125,7 +109,7 @@ def main() -> None:
         directions = mw_grid_points(L).reshape(-1, 3)
         n_rays = len(group) * len(directions)
         fns = {m: (lambda m=m, g=group, d=directions: cast_rays(g, d, m)) for m in ("sphc", "embree")}
-        t = interleaved(fns, rounds)
+        t = {k: median(v) for k, v in interleaved(fns, rounds, warmup=0).items()}
         if n_rays <= 20_000 and sum(len(g.faces) for g in group) <= 20_000:  # trimesh's own is slow
             start = time.perf_counter()
             cast_rays(group, directions, "trimesh")
@@ -164,7 +148,7 @@ def main() -> None:
 
     L = 16 if args.quick else 32
     fns = {m: (lambda m=m: M.project_meshes(shapes, L, method=m)) for m in ("sphc", "embree")}
-    t = interleaved(fns, rounds)
+    t = {k: median(v) for k, v in interleaved(fns, rounds, warmup=0).items()}
     start = time.perf_counter()
     M.project_meshes(shapes, L, method="trimesh")
     t["trimesh"] = time.perf_counter() - start

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import random
 import sys
 import time
 from pathlib import Path
@@ -52,7 +51,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from _common import fmt_mib, fmt_s, machine, median, run_child, table  # noqa: E402
+from _common import fmt_mib, fmt_s, interleaved, machine, median, run_child, table  # noqa: E402
 
 # Why the ``so3`` package (the C reference of the MW SO(3) transform) is not benchmarked directly: the result
 # of ``pip install --no-deps so3`` (so3 1.3.6, an sdist) on this machine, 2026-11-27. Re-checked at run time
@@ -65,29 +64,6 @@ SO3_NOT_BUILDABLE = (
 
 
 # ---------------------------------------------------------------- timing
-
-
-def interleaved(fns: dict, rounds: int, warmup: int = 2) -> dict[str, list[float]]:
-    """Seconds per call of each function over ``rounds`` rounds (noise bursts hit all alike).
-
-    Each round visits the functions in a fresh random order (fixed seed), and times each one right after an
-    untimed call of the same function: steady-state, warm-cache times, with no function always following the
-    one that evicts the caches (the pyssht loop).
-    """
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    rng = random.Random(0)
-    keys = list(fns)
-    out: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(rounds):
-        rng.shuffle(keys)
-        for k in keys:
-            fns[k]()
-            t = time.perf_counter()
-            fns[k]()
-            out[k].append(time.perf_counter() - t)
-    return out
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
