@@ -9,12 +9,14 @@ moves the whole expanded fragment tensor through memory several times. Here one 
   through a strided "skew" view of its zero-padded rows: row (k, m) of the view is
   x_b[m − m_a], so the CG sum over m_a of every output order m is a sum over k of one broadcast
   product ``(C[k, m] x_a[k, i]) · x_b[k, m, j]`` — no index gather, batch (B·C) contiguous last;
-* the path's column pairs are read off that (i, j) grid and projected at once onto U[l, cols, :]
-  (a small matmul), so only one path's products exist at a time (never the τ²·|P^l| tensor);
+* the products of the path's whole (i, j) grid are projected at once onto U (one matmul against
+  U's rows of the path's pairs, a zero row where a grid position is no pair: no gather or scatter
+  of the products), accumulated in place into the degree's output block, so only one path's
+  products exist at a time (never the τ²·|P^l| tensor);
 * the backward recomputes the path's products and is written out (custom-op bodies run below
-  autograd): grad U from the recomputed products, grad x by the same broadcast products
-  against the other factor; the skew view's gradient is written through a skewed view of a
-  zero tensor and summed over k (its adjoint without an index scatter).
+  autograd): grad U from the recomputed products (one matmul), grad x by the same broadcast
+  products against the other factor; the skew view's gradient is added into the padded rows one
+  skew diagonal at a time (its adjoint without an index scatter).
 
 The plan (per path: degrees, column ranges, pair grid, output columns, CG block) is built once by
 the layer (``build_tables``, from its paths and CG values: one entry per column pair and per CG
@@ -128,12 +130,14 @@ def plan_of(tables: list[torch.Tensor], L_in: int, T_in: int, L: int, width: int
 
 @dataclass(frozen=True)
 class PathTensors:
-    """A path's tables on one device: CG block (K, 2l+1, 1, 1), output columns, pair grid."""
+    """A path's tables on one device: CG block (K, 2l+1, 1, 1) and as (K, 1, 2l+1) matrices, and the
+    rows of its full (na·nb) pair grid in the flattened projection matrix with a zero row prepended
+    (row 0: the grid positions that are not pairs of the path)."""
 
     cg: torch.Tensor
-    cols: torch.Tensor
-    grid: torch.Tensor | None
-    ucols: torch.Tensor  # rows l·width + cols of the flattened projection matrix
+    cg_rows: torch.Tensor
+    gcols: torch.Tensor  # 1 + output column of each grid position, 0 where it is not a pair
+    ugrid: torch.Tensor  # gcols + l·width where a pair, else 0
 
 
 _TENSORS: dict = {}  # (id(plan), dtype, device) -> per-path tensors
@@ -145,12 +149,16 @@ def _tensors(plan: TPPlan, dtype: torch.dtype, device: torch.device) -> list[Pat
     if got is None:
         got = []
         for p in plan.paths:
+            gcols = np.zeros(p.na * p.nb, dtype=np.int64)
+            gcols[p.grid] = 1 + p.cols
+            ugrid = np.where(gcols > 0, gcols + p.l * plan.width, 0)
+            cg = torch.tensor(p.cg, dtype=dtype, device=device)
             got.append(
                 PathTensors(
-                    torch.tensor(p.cg, dtype=dtype, device=device)[:, :, None, None],
-                    torch.as_tensor(p.cols, device=device),
-                    None if p.full_grid else torch.as_tensor(p.grid, device=device),
-                    torch.as_tensor(p.l * plan.width + p.cols, device=device),
+                    cg[:, :, None, None],
+                    cg[:, None, :].contiguous(),
+                    torch.as_tensor(gcols, device=device),
+                    torch.as_tensor(ugrid, device=device),
                 )
             )
         _TENSORS[key] = got
@@ -192,48 +200,52 @@ def _factors(rows: torch.Tensor, rows_rev: torch.Tensor, plan: TPPlan, p: PathPl
 
 
 def _products(xa, xb, t: PathTensors) -> tuple[torch.Tensor, torch.Tensor]:
-    """(Y = C·x_a (K, 2l+1, na, 1, BC), the path's products (2l+1, pairs, BC))."""
+    """(Y = C·x_a (K, 2l+1, na, 1, BC), the products of the path's full pair grid (na·nb, 2l+1, BC)):
+    pairs first, so the projection onto U and its gradient are single matrix products."""
     y = t.cg[..., None] * xa
-    n = (y * xb).sum(0)  # (2l+1, na, nb, BC)
-    n = n.view(n.shape[0], -1, n.shape[-1])
-    if t.grid is not None:
-        n = n[:, t.grid]
-    return y, n
+    K, Mo, na, _, BC = y.shape
+    nb = xb.shape[3]
+    prod = torch.mul(y.permute(0, 2, 3, 1, 4), xb.permute(0, 2, 3, 1, 4), out=y.new_empty(K, na, nb, Mo, BC))
+    return y, prod.sum(0).view(na * nb, Mo, BC)
 
 
-def _projections(u: torch.Tensor, kept: list[PathTensors]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(the flat indices, each kept path's (pairs, τ_u) block of u), gathered in one op."""
-    idx = torch.cat([t.ucols for t in kept])
-    w = u.reshape(-1, u.shape[-1]).index_select(0, idx)
-    return idx, list(w.split([len(t.ucols) for t in kept]))
+def _projections(u: torch.Tensor, kept: list[PathTensors]) -> list[torch.Tensor]:
+    """Each kept path's (na·nb, τ_u) block of u over its full pair grid (zero rows where the grid
+    position is not a pair of the path), gathered in one op: the products are projected, and their
+    gradients formed, on the full grid, with no gather or scatter of the products."""
+    flat = u.reshape(-1, u.shape[-1])
+    w = torch.cat([flat.new_zeros(1, flat.shape[1]), flat]).index_select(
+        0, torch.cat([t.ugrid for t in kept])
+    )
+    return list(w.split([len(t.ugrid) for t in kept]))
 
 
-def _assemble(blocks: list[torch.Tensor | None], L: int, cols: int, B: int, C: int, like: torch.Tensor):
-    """Per-degree (2l+1, cols, B·C) blocks → the padded layout (B, C, L, 2L−1, cols)."""
-    out = like.new_zeros(L, 2 * L - 1, cols, B * C)
-    for l, blk in enumerate(blocks):
-        if blk is not None:
-            out[l, L - 1 - l : L + l] = blk
-    return out.view(L, 2 * L - 1, cols, B, C).permute(3, 4, 0, 1, 2).contiguous()
-
-
-def _blocks(x: torch.Tensor, plan: TPPlan, L: int, u: torch.Tensor | None):
-    """Forward per output degree: (2l+1, τ_u, BC) projected blocks (``u`` given) or (2l+1, width, BC)."""
+def _blocks(x: torch.Tensor, plan: TPPlan, L: int, u: torch.Tensor | None) -> torch.Tensor:
+    """The forward as (L, τ_u, 2L−1, B·C) (``u`` given) or (L, width, 2L−1, B·C): each path's products
+    projected (or placed in their columns) and accumulated in place into their degree's block."""
     rows = _rows(x, plan)
     rows_rev = rows.flip(1)
-    blocks: list[torch.Tensor | None] = [None] * L
     kept = [(p, t) for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)) if p.l < L]
+    BC = rows.shape[-1]
     if u is not None:
-        _, ws = _projections(u, [t for _, t in kept])
+        ws = _projections(u, [t for _, t in kept])
+        out = x.new_zeros(L, u.shape[-1], 2 * L - 1, BC)
+    else:  # column 0 collects the grid positions that are no pair, dropped at the end
+        out = x.new_zeros(L, plan.width + 1, 2 * L - 1, BC)
     for k, (p, t) in enumerate(kept):
         _, n = _products(*_factors(rows, rows_rev, plan, p)[:2], t)
+        blk = out[p.l, :, L - 1 - p.l : L + p.l]  # (τ_u or width + 1, 2l+1, BC)
         if u is not None:
-            contrib = torch.matmul(ws[k].T, n)  # (τ_u, pairs) @ (2l+1, pairs, BC)
+            blk.view(blk.shape[0], -1).addmm_(ws[k].T, n.view(n.shape[0], -1))
         else:
-            contrib = n.new_zeros(n.shape[0], plan.width, n.shape[-1])
-            contrib[:, t.cols] = n
-        blocks[p.l] = contrib if blocks[p.l] is None else blocks[p.l] + contrib
-    return blocks
+            blk.index_add_(0, t.gcols, n)
+    return out if u is not None else out[:, 1:]
+
+
+def _assemble(out: torch.Tensor, B: int, C: int) -> torch.Tensor:
+    """(L, cols, 2L−1, B·C) → the padded layout (B, C, L, 2L−1, cols)."""
+    L, cols, M = out.shape[:3]
+    return out.view(L, cols, M, B, C).permute(3, 4, 0, 2, 1).contiguous()
 
 
 def tp_project(x: torch.Tensor, u: torch.Tensor, fast: list[torch.Tensor], L_tp: int) -> torch.Tensor:
@@ -241,14 +253,14 @@ def tp_project(x: torch.Tensor, u: torch.Tensor, fast: list[torch.Tensor], L_tp:
     B, C, L_in, _, T = x.shape
     L, width, tau_u = u.shape
     plan = plan_of(fast, L_in, T, L_tp, width)
-    return _assemble(_blocks(x, plan, L, u), L, tau_u, B, C, x)
+    return _assemble(_blocks(x, plan, L, u), B, C)
 
 
 def tensor_product(x: torch.Tensor, fast: list[torch.Tensor], L: int, width: int) -> torch.Tensor:
     """Same function as ``ops.tp_reference``: the expanded (B, C, L, 2L−1, width) tensor product."""
     B, C, L_in, _, T = x.shape
     plan = plan_of(fast, L_in, T, L, width)
-    return _assemble(_blocks(x, plan, L, None), L, width, B, C, x)
+    return _assemble(_blocks(x, plan, L, None), B, C)
 
 
 def _contract(a: torch.Tensor, b: torch.Tensor, dim: int, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -261,76 +273,77 @@ def _contract(a: torch.Tensor, b: torch.Tensor, dim: int, out: torch.Tensor | No
     return out
 
 
-def _unskew(shape: tuple[int, ...], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(zeros Z (K, K + M − 1, ...), the view V (K, M, ...) of Z with V[k, m] = Z[k, k + m]).
-
-    Written through V, Z.sum(0) is the adjoint of the skew view: row r collects every (k, m)
-    with k + m = r, in one reduction instead of an index scatter."""
-    K, M, *rest = shape
-    z = like.new_zeros(K, K + M - 1, *rest)
-    s = z.stride()
-    return z, z.as_strided(shape, (s[0] + s[1], *s[1:]))
-
-
-def _grad_rows(g: torch.Tensor, L: int) -> list[torch.Tensor]:
-    """(B, C, L, 2L−1, k) output gradient → per degree (2l+1, k, B·C) batch-last blocks."""
-    B, C = g.shape[:2]
-    rows = g.permute(2, 3, 4, 0, 1).reshape(L, 2 * L - 1, g.shape[-1], B * C)
-    return [rows[l, L - 1 - l : L + l] for l in range(L)]
+def _grad_rows(g: torch.Tensor, lead_zero: bool) -> torch.Tensor:
+    """(B, C, L, 2L−1, k) output gradient → (L, k, 2L−1, B·C) batch-last rows (with a zero row in front
+    of the k axis if ``lead_zero``)."""
+    B, C, L, M, k = g.shape
+    rows = g.new_zeros(L, k + 1, M, B * C) if lead_zero else g.new_empty(L, k, M, B * C)
+    rows[:, int(lead_zero) :].view(L, k, M, B, C).copy_(g.permute(2, 4, 3, 0, 1))
+    return rows
 
 
 def _backward(g, x, u, fast, L_tp, width):
     """(grad x, grad u or None) for ``tp_project`` (``u`` given) or ``tensor_product``.
 
     Written for conj(grad): conj(gy) = Σ_j conj(g_n) x_b and conj(g_xb) = Σ_i conj(g_n) Y need no
-    conjugated copy of the big factors, and one conj of the accumulated gradient at the end.
+    conjugated copy of the big factors, and one conj of the accumulated gradient at the end. The
+    gradient of the products, g_n, is formed on the path's full pair grid (zero where no pair).
     """
     B, C, L_in, M_in, T = x.shape
     plan = plan_of(fast, L_in, T, L_tp, width)
     L = g.shape[2]
     rows = _rows(x, plan)
     rows_rev = rows.flip(1)
-    gc_rows = _grad_rows(g.conj(), L)
+    gc_rows = _grad_rows(g.conj(), u is None)
     grad_c = torch.zeros_like(rows)  # conj(grad) of the padded rows
     grad_rev = torch.zeros_like(rows)  # the same, m reversed (where the reversed factors' part goes)
-    gu_c = torch.zeros_like(u) if u is not None else None
     c = plan.pad + L_in - 1
     kept = [(p, t) for p, t in zip(plan.paths, _tensors(plan, x.real.dtype, x.device)) if p.l < L]
     if u is not None:
-        uidx, ws = _projections(u, [t for _, t in kept])
+        ws = _projections(u, [t for _, t in kept])
         gws = []
     _, Mp, T_, BC = rows.shape
     sl, sm = Mp * T_ * BC, T_ * BC
     for k, (p, t) in enumerate(kept):
         xa, xb, base = _factors(rows, rows_rev, plan, p)
-        gac = gc_rows[p.l]
+        gac = gc_rows[p.l, :, L - 1 - p.l : L + p.l]  # (τ_u or 1 + width, 2l+1, BC)
+        Mo = gac.shape[1]
         if u is not None:
             y, n = _products(xa, xb, t)
-            gws.append(torch.matmul(n, gac.mT).sum(0))
-            gnc = torch.matmul(ws[k], gac)  # conj(grad n): (2l+1, pairs, BC)
+            gac = gac.view(gac.shape[0], -1)
+            gws.append(n.view(n.shape[0], -1) @ gac.T)
+            gnc = ws[k] @ gac  # conj(grad n): (na·nb, (2l+1)·BC)
         else:
             y = t.cg[..., None] * xa
-            gnc = gac[:, t.cols]
-        if t.grid is not None:
-            full = gnc.new_zeros(gnc.shape[0], p.na * p.nb, BC)
-            full[:, t.grid] = gnc
-            gnc = full
-        gnc = gnc.view(1, -1, p.na, p.nb, BC)
-        gyc = _contract(gnc, xb, 3)  # (K, 2l+1, na, BC)
-        K, Mo = gyc.shape[:2]
-        z, zv = _unskew((K, Mo, p.nb, BC), gyc)
-        _contract(gnc, y, 2, out=zv)  # conj(grad x_b) on the skew view
+            gnc = gac.index_select(0, t.gcols)
+        gnc = gnc.view(p.na, p.nb, Mo, BC).permute(2, 0, 1, 3).unsqueeze(0)  # (1, 2l+1, na, nb, BC)
+        K = xb.shape[0]
+        gyc = _contract(gnc, xb, 3, out=gnc.new_empty(K, Mo, p.na, BC))  # (K, 2l+1, na, BC)
+        # conj(grad x_a)[k] = Σ_m C[k, m] gyc[k, m]: one batched matmul over k (real C, complex as pairs)
+        gxa = torch.bmm(t.cg_rows, torch.view_as_real(gyc).view(K, Mo, -1))
         grad_rev.as_strided((K, p.na, BC), (sm, BC, 1), p.la * sl + (c - p.la) * sm + p.a0 * BC).add_(
-            (t.cg * gyc).sum(1)
+            torch.view_as_complex(gxa.view(K, p.na, BC, 2))
         )
-        grad_c.as_strided(z.shape[1:], (sm, BC, 1), p.lb * sl + base * sm + p.b0 * BC).add_(z.sum(0))
+        # conj(grad x_b) on the skew view, (K, 2l+1, nb, BC); entry (k, m) belongs to padded row base + k + m
+        gxb = _contract(gnc, y, 2)
+        at = p.lb * sl + base * sm + p.b0 * BC
+        if Mo <= K:
+            for m in range(Mo):
+                grad_c.as_strided((K, p.nb, BC), (sm, BC, 1), at + m * sm).add_(gxb[:, m])
+        else:
+            for kk in range(K):
+                grad_c.as_strided((Mo, p.nb, BC), (sm, BC, 1), at + kk * sm).add_(gxb[kk])
     if u is not None and kept:
-        gu_c.view(-1, u.shape[-1]).index_add_(0, uidx, torch.cat(gws))
+        gu_c = torch.zeros(u.shape[0] * u.shape[1] + 1, u.shape[2], dtype=u.dtype, device=u.device)
+        gu_c.index_add_(0, torch.cat([t.ugrid for _, t in kept]), torch.cat(gws))
+        gu_c = gu_c[1:].view(u.shape)
+    elif u is not None:
+        gu_c = torch.zeros_like(u)
     grad_c += grad_rev.flip(1)
     grad = grad_c[:, plan.pad : plan.pad + M_in].reshape(L_in, M_in, T, B, C).permute(3, 4, 0, 1, 2)
     mask = _order_mask(L_in, x.device)[None, None, :, :, None]
     grad = torch.where(mask, grad.conj(), torch.zeros((), dtype=grad.dtype, device=grad.device))
-    return grad.contiguous(), (gu_c.conj().resolve_conj() if gu_c is not None else None)
+    return grad.contiguous(), (gu_c.conj().resolve_conj() if u is not None else None)
 
 
 def tp_project_backward(g, x, u, fast, L_tp):
