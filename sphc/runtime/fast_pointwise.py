@@ -188,10 +188,14 @@ def _mirror_factor(t: GridTables, N: int) -> torch.Tensor:
 
 def _fold(x: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
     """(B, C, L, M, 2N−1) complex → (N, M, re/im, B, C, L) real: the columns n ≥ 0, plus for n ≥ 1 the
-    mirrored column (−n, −m) times ``mirror`` (the real-signal part, see ``pointwise``). One strided
-    read of x; the adjoint of ``_unfold``."""
+    mirrored column (−n, −m) times ``mirror`` (the real-signal part, see ``pointwise``); the adjoint
+    of ``_unfold``. The layout change is one 2-D transpose ((B, C, L) × (M, T, re/im): torch's blocked
+    copy, ~5× faster than a strided permute of these small inner axes) and copies of whole
+    (re/im, B, C, L) blocks."""
     N = mirror.shape[0] + 1
-    xt = torch.view_as_real(x).permute(4, 3, 5, 0, 1, 2)  # (T, M, 2, B, C, L) view
+    B, C, L, M, T = x.shape
+    xt = torch.view_as_real(x.contiguous()).view(B * C * L, M * T * 2).t().contiguous()
+    xt = xt.view(M, T, 2, B, C, L).transpose(0, 1)  # (T, M, 2, B, C, L) view
     z = xt[N - 1 :].contiguous()
     if N > 1:
         z[1:] += xt[: N - 1].flip(0, 1) * mirror
@@ -200,14 +204,12 @@ def _fold(x: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
 
 def _unfold(z: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
     """(N, M, re/im, B, C, L) real → (B, C, L, M, 2N−1) complex: the columns n ≥ 0 as they are, the
-    columns −n from (n, −m) times ``mirror``. The adjoint of ``_fold``."""
+    columns −n from (n, −m) times ``mirror``; the adjoint of ``_fold``, with the same copies."""
     N, M, _, B, C, L = z.shape
-    out = z.new_empty(B, C, L, M, 2 * N - 1, 2)
-    ot = out.permute(4, 3, 5, 0, 1, 2)  # (T, M, 2, B, C, L) view
-    ot[N - 1 :] = z
-    if N > 1:
-        ot[: N - 1] = (z[1:] * mirror).flip(0, 1)
-    return torch.view_as_complex(out)
+    T = 2 * N - 1
+    zt = torch.cat([(z[1:] * mirror).flip(0, 1), z]) if N > 1 else z  # (T, M, 2, B, C, L)
+    out = zt.transpose(0, 1).contiguous().view(M * T * 2, B * C * L).t().contiguous()
+    return torch.view_as_complex(out.view(B, C, L, M, T, 2))
 
 
 class _Fold(torch.autograd.Function):
