@@ -31,6 +31,7 @@ Orders |m| > l of the input are never read.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass
 
@@ -239,7 +240,7 @@ class _Scratch:
 
     @staticmethod
     def take(buf: torch.Tensor, *shape: int) -> torch.Tensor:
-        return buf[: int(np.prod(shape))].view(shape)
+        return buf[: math.prod(shape)].view(shape)
 
 
 def _products(xa: torch.Tensor, xb: torch.Tensor, g: Group, scratch: _Scratch) -> torch.Tensor:
@@ -317,9 +318,10 @@ def _contract(a: torch.Tensor, b: torch.Tensor, dim: int, out: torch.Tensor | No
     """Σ over ``dim`` (a column axis of a few entries, in both) of a·b, as a chain of in-place
     multiply-adds (measured faster than the broadcast product and a reduction over a middle axis),
     written into ``out`` when given."""
-    out = torch.mul(a.select(dim, 0), b.select(dim, 0), out=out)
-    for k in range(1, a.shape[dim]):
-        out.addcmul_(a.select(dim, k), b.select(dim, k))
+    (a0, *a_rest), (b0, *b_rest) = a.unbind(dim), b.unbind(dim)
+    out = torch.mul(a0, b0, out=out)
+    for ak, bk in zip(a_rest, b_rest):
+        out.addcmul_(ak, bk)
     return out
 
 
