@@ -57,7 +57,6 @@ class PathPlan:
     grid: np.ndarray
     cols: np.ndarray
     cg: np.ndarray
-    full_grid: bool
 
 
 @dataclass(frozen=True, eq=False)
@@ -77,7 +76,7 @@ def build_tables(paths, cg: np.ndarray) -> dict[str, np.ndarray]:
     """The fast path's tables of a tensor product: its ``paths`` (l1, l2, l, column pairs) and CG
     values (``layout.cg_pattern`` order per path, ``layout.cg_offsets``), as flat arrays.
 
-    Per path ``meta`` = (l, la, a0, na, lb, b0, nb, full grid?) with factor a of the smaller degree;
+    Per path ``meta`` = (l, la, a0, na, lb, b0, nb) with factor a of the smaller degree;
     its pairs as positions ``(i − a0)·nb + (j − b0)`` of the (na, nb) grid, ascending, with their
     output columns; its CG block C[la − m_a, m + l] (K × (2l+1)), flattened.
     """
@@ -96,13 +95,13 @@ def build_tables(paths, cg: np.ndarray) -> dict[str, np.ndarray]:
         ma = m - m1 if swap else m1
         block = np.zeros((2 * la + 1, 2 * l + 1))
         block[la - ma, m + l] = cg[offsets[(l1, l2, l)] : offsets[(l1, l2, l)] + len(m)]
-        meta.append((l, la, a0, na, lb, b0, nb, int(len(key) == na * nb)))
+        meta.append((l, la, a0, na, lb, b0, nb))
         grids.append(key[order])
         cols.append(first + order)
         blocks.append(block.reshape(-1))
     sizes = [len(g) for g in grids]
     return {
-        "meta": np.asarray(meta, dtype=np.int64).reshape(-1, 8),
+        "meta": np.asarray(meta, dtype=np.int64).reshape(-1, 7),
         "pair_off": np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
         "grid": np.concatenate(grids) if grids else np.zeros(0, dtype=np.int64),
         "cols": np.concatenate(cols) if cols else np.zeros(0, dtype=np.int64),
@@ -122,10 +121,10 @@ def plan_of(tables: list[torch.Tensor], L_in: int, T_in: int, L: int, width: int
         return cached[2]
     meta, pair_off, grid, cols, cg_off, cg = (t.cpu().numpy() for t in tables)
     paths, pad = [], 0
-    for p, (l, la, a0, na, lb, b0, nb, full) in enumerate(meta.tolist()):
+    for p, (l, la, a0, na, lb, b0, nb) in enumerate(meta.tolist()):
         pairs = slice(pair_off[p], pair_off[p + 1])
         block = cg[cg_off[p] : cg_off[p + 1]].reshape(2 * la + 1, 2 * l + 1)
-        paths.append(PathPlan(l, la, a0, na, lb, b0, nb, grid[pairs], cols[pairs], block, bool(full)))
+        paths.append(PathPlan(l, la, a0, na, lb, b0, nb, grid[pairs], cols[pairs], block))
         pad = max(pad, l + la - (L_in - 1))
     plan = TPPlan(L_in, T_in, L, width, pad, tuple(sorted(paths, key=lambda q: q.l)))
     _PLANS[id(tables[0])] = (weakref.ref(tables[0]), sizes, plan)
