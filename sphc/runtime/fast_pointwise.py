@@ -162,14 +162,9 @@ def pointwise(x: torch.Tensor, act, t: GridTables) -> torch.Tensor:
     L_os = t.sizes[2]
     A = 2 * L_os - 1
     # columns n >= 0 of the real-signal part, as (n, m, re/im, b, c, l) real rows
-    xr = torch.view_as_real(x).permute(4, 3, 5, 0, 1, 2)  # (T, M, 2, B, C, L) view
-    z = xr[N - 1 :]
-    if N > 1:
-        mirror = xr[:N].flip(0, 1) * torch.tensor([1.0, -1.0], dtype=xr.dtype, device=x.device).view(
-            2, 1, 1, 1
-        )
-        z = z + t.mirror_sign[:, :, None, None, None, None] * mirror
-    z = z.reshape(N * M, 2 * B * C, L)
+    mirror = _mirror_factor(t, N)
+    z = _fold(x, mirror) if torch.compiler.is_compiling() else _Fold.apply(x, mirror)
+    z = z.view(N * M, 2 * B * C, L)
     bc = B * C
     g_rows = torch.bmm(z, t.inv_beta.view(N * M, L, L_os))  # (n, m), (c, bc), t
     g_rows = g_rows.view(N, 2 * M, bc * L_os)
@@ -180,11 +175,65 @@ def pointwise(x: torch.Tensor, act, t: GridTables) -> torch.Tensor:
     else:
         F = _Grid.apply(g_rows, *tabs, act)  # n, (m, c'), (bc, t)
     y = torch.bmm(F.view(N * M, 2 * bc, L_os), t.fwd_beta.view(N * M, L_os, L))  # (n, m), (c, bc), l
-    y = y.view(N, M, 2, B, C, L).permute(3, 4, 5, 1, 0, 2)  # (B, C, L, m, n >= 0, re/im)
-    y = torch.view_as_complex(y.contiguous())
-    if N == 1:
-        return y
+    y = y.view(N, M, 2, B, C, L)
     # n < 0 from f^l_{-m,-n} = (-1)^{m+n} conj f^l_{mn}
-    sign = t.mirror_sign[1:].flip(0).T  # (m, n = N-1 .. 1); even in m
-    neg = y[..., 1:].flip(3, 4).conj() * sign
-    return torch.cat([neg, y], dim=-1)
+    return _unfold(y, mirror) if torch.compiler.is_compiling() else _Unfold.apply(y, mirror)
+
+
+def _mirror_factor(t: GridTables, N: int) -> torch.Tensor:
+    """(N−1, M, 2, 1, 1, 1): (−1)^{m+n} times conj's (1, −1) on (re, im), for the columns n = 1 … N−1."""
+    conj = torch.tensor([1.0, -1.0], dtype=t.mirror_sign.dtype, device=t.mirror_sign.device)
+    return (t.mirror_sign[1:, :, None] * conj)[..., None, None, None]
+
+
+def _fold(x: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
+    """(B, C, L, M, 2N−1) complex → (N, M, re/im, B, C, L) real: the columns n ≥ 0, plus for n ≥ 1 the
+    mirrored column (−n, −m) times ``mirror`` (the real-signal part, see ``pointwise``); the adjoint
+    of ``_unfold``. The layout change is one 2-D transpose ((B, C, L) × (M, T, re/im): torch's blocked
+    copy, ~5× faster than a strided permute of these small inner axes) and copies of whole
+    (re/im, B, C, L) blocks."""
+    N = mirror.shape[0] + 1
+    B, C, L, M, T = x.shape
+    xt = torch.view_as_real(x.contiguous()).view(B * C * L, M * T * 2).t().contiguous()
+    xt = xt.view(M, T, 2, B, C, L).transpose(0, 1)  # (T, M, 2, B, C, L) view
+    z = xt[N - 1 :].contiguous()
+    if N > 1:
+        z[1:] += xt[: N - 1].flip(0, 1) * mirror
+    return z
+
+
+def _unfold(z: torch.Tensor, mirror: torch.Tensor) -> torch.Tensor:
+    """(N, M, re/im, B, C, L) real → (B, C, L, M, 2N−1) complex: the columns n ≥ 0 as they are, the
+    columns −n from (n, −m) times ``mirror``; the adjoint of ``_fold``, with the same copies."""
+    N, M, _, B, C, L = z.shape
+    T = 2 * N - 1
+    zt = torch.cat([(z[1:] * mirror).flip(0, 1), z]) if N > 1 else z  # (T, M, 2, B, C, L)
+    out = zt.transpose(0, 1).contiguous().view(M * T * 2, B * C * L).t().contiguous()
+    return torch.view_as_complex(out.view(B, C, L, M, T, 2))
+
+
+class _Fold(torch.autograd.Function):
+    """``_fold`` with ``_unfold`` as its backward (one strided pass each way, no autograd graph of
+    permutes, flips and sums)."""
+
+    @staticmethod
+    def forward(ctx, x, mirror):
+        ctx.save_for_backward(mirror)
+        return _fold(x, mirror)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _unfold(grad, ctx.saved_tensors[0]), None
+
+
+class _Unfold(torch.autograd.Function):
+    """``_unfold`` with ``_fold`` as its backward."""
+
+    @staticmethod
+    def forward(ctx, z, mirror):
+        ctx.save_for_backward(mirror)
+        return _unfold(z, mirror)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return _fold(grad.contiguous(), ctx.saved_tensors[0]), None
