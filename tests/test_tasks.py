@@ -108,7 +108,8 @@ def test_the_residual_trick_and_the_metrics_match_an_independent_recomputation(m
     assert m["params"] == sum(p.numel() for p in training.build_model(_cfg_of(m)).parameters())
     loss = m["loss_history"]
     assert len(loss) == 6 * int(np.ceil(len(train_ids) / 8))
-    assert np.mean(loss[-5:]) < np.mean(loss[:5]), (seed, loss)
+    per_epoch = np.asarray(loss).reshape(6, -1).mean(1)  # batch losses are noisy at batch 8
+    assert per_epoch[-1] < per_epoch[0], (seed, per_epoch)
     assert [e["epoch"] for e in m["epoch_history"]] == list(range(1, 7))
 
 
