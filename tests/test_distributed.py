@@ -32,7 +32,7 @@ MODEL = (
 SEED, LR, BATCH = 1234, 0.1, 6
 
 WORKER = r"""
-import os, sys
+import gc, os, sys
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
@@ -58,6 +58,11 @@ try:
         {"initial": initial, "grads": grads, "after": [p.detach().clone() for p in model.parameters()]},
         path + f"/rank{rank}.pt",
     )
+    # DDP's reducer holds the group; freed at interpreter exit it makes gloo abort the process
+    # (SIGABRT, seen under load), so it goes first, then the group (sphc/apps/distributed.py)
+    del ddp
+    gc.collect()
+    dist.barrier()
 finally:
     dist.destroy_process_group()
 """

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import os
 from dataclasses import dataclass
 
@@ -82,7 +83,14 @@ def process_group(procs: Processes, device: str):
     dist.init_process_group(backend, rank=procs.rank, world_size=procs.world, timeout=TIMEOUT)
     try:
         yield
+        # Only on success (a failed peer would never arrive): no rank tears down its connections
+        # while another still uses them.
+        dist.barrier()
     finally:
+        # A DistributedDataParallel wrapper (reference cycles) still holding the group would free it
+        # at interpreter exit, where gloo's threads abort the process ("terminate called without an
+        # active exception", SIGABRT, seen under load); collect it while the group still exists.
+        gc.collect()
         dist.destroy_process_group()
 
 
