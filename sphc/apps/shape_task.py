@@ -40,6 +40,7 @@ from sphc.apps.tasks import (
     output_size,
     predict,
     refuse_set_model,
+    run_heading,
     seeded_choice,
 )
 from sphc.errors import SphcError
@@ -258,10 +259,8 @@ class ShapeTask(Task):
 
     @staticmethod
     def summary(metrics):
-        what = "planar CNN baseline" if metrics["baseline"] else metrics["model"]
         lines = [
-            f"{what}: {metrics['params']:,} parameters, {metrics['train_size']:,} training shapes "
-            f"({len(metrics['classes'])} classes), {metrics['epochs']} epochs, {metrics['wall_time_s']:.0f} s",
+            run_heading(metrics, f"training shapes ({len(metrics['classes'])} classes)"),
             f"  {'train/test':10s} {'acc %':>6s} | micro {'P@N':>5s} {'R@N':>5s} {'F1@N':>5s} {'mAP':>5s} "
             f"{'NDCG':>5s} | macro {'P@N':>5s} {'R@N':>5s} {'F1@N':>5s} {'mAP':>5s} {'NDCG':>5s}",
         ]

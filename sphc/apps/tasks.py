@@ -224,9 +224,7 @@ class MnistTask(Task):
 
     @staticmethod
     def summary(metrics):
-        what = "planar CNN baseline" if metrics["baseline"] else metrics["model"]
-        lines = [f"{what}: {metrics['params']:,} parameters, {metrics['train_size']:,} training digits, "
-                 f"{metrics['epochs']} epochs, {metrics['wall_time_s']:.0f} s"]  # fmt: skip
+        lines = [run_heading(metrics, "training digits")]
         lines += [f"  accuracy {k.upper():6s} {100 * v:6.2f} %" for k, v in metrics["accuracy"].items()]
         return lines + invariance_lines(metrics)
 
@@ -267,6 +265,15 @@ def invariance_probe(model: nn.Module, seed: int) -> dict:
         torch.manual_seed(seed)
         error = model_invariance_error(probe, batch=4, rotations=4, rng=np.random.default_rng(seed))
     return {"equivariance_error": error, "equivariance_seed": seed}
+
+
+def run_heading(metrics: dict, trained_on: str) -> str:
+    """The first line of a classification run's summary: what was trained, on how much, how long."""
+    what = "planar CNN baseline" if metrics["baseline"] else metrics["model"]
+    return (
+        f"{what}: {metrics['params']:,} parameters, {metrics['train_size']:,} {trained_on}, "
+        f"{metrics['epochs']} epochs, {metrics['wall_time_s']:.0f} s"
+    )
 
 
 def invariance_lines(metrics: dict) -> list[str]:

@@ -341,8 +341,21 @@ def tp_terms(info: LayerInfo) -> int:
     return sum(cg_pattern_size(p.l1, p.l2, p.l) * p.n_pairs for p in info.paths)
 
 
+#: Bytes of ``PackedWeight`` index tables per parameter: two int64 slots and two float32 signs per
+#: padded weight entry, and at most ~2 padded entries per real parameter (tests/test_limits.py).
+WEIGHT_TABLE_BYTES = 48
+
+
 def _layer_bytes(info: LayerInfo) -> tuple[int, int]:
-    """(float32 grid samples per example, bytes of tables ``Model()`` builds) beyond the layer output."""
+    """(float32 grid samples per example, bytes of tables ``Model()`` builds) beyond the layer output:
+    its transform or kernel tables and its packed weights' index tables (runtime/layers.py)."""
+    samples, tables = _grid_and_tables(info)
+    if not isinstance(info.layer, ir.Dense):  # Dense is a plain nn.Linear: no index tables
+        tables += WEIGHT_TABLE_BYTES * info.params
+    return samples, tables
+
+
+def _grid_and_tables(info: LayerInfo) -> tuple[int, int]:
     if isinstance(info.layer, ir.TensorProduct):  # its kernel tables counted as if fused (a bound)
         paths = [(p.l1, p.l2, p.l, p.n_pairs, p.n1, p.n2) for p in info.paths]
         return 0, tp_table_bytes(paths, info.layer.L)
@@ -355,16 +368,9 @@ def _layer_bytes(info: LayerInfo) -> tuple[int, int]:
     return 4 * t.C * (2 * N - 1) * L * (2 * L - 1), so3_table_bytes(L, N)
 
 
-#: Bytes of ``PackedWeight`` index tables per parameter: two int64 slots and two float32 signs per
-#: padded weight entry, and at most ~2 padded entries per real parameter (tests/test_limits.py).
-WEIGHT_TABLE_BYTES = 48
-
-
 def check_size(size: ModelSize, info: LayerInfo, limits: Limits) -> ModelSize:
     """``size`` plus one layer; a located ``SphcError`` at that layer if a limit is crossed."""
     samples, tables = _layer_bytes(info)
-    if not isinstance(info.layer, ir.Dense):  # Dense is a plain nn.Linear: no index tables
-        tables += WEIGHT_TABLE_BYTES * info.params  # PackedWeight's index tables (runtime/layers.py)
     size = ModelSize(
         size.layers + 1,
         size.params + info.params,
