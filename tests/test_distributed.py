@@ -32,17 +32,18 @@ MODEL = (
 SEED, LR, BATCH = 1234, 0.1, 6
 
 WORKER = r"""
-import gc, os, sys
+import sys
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 torch.set_num_threads(1)
 import sphc
+from sphc.apps import distributed
 
-rank, path = int(os.environ["RANK"]), sys.argv[1]
+procs, path = distributed.from_environment(), sys.argv[1]
 data = torch.load(path + "/data.pt")
-dist.init_process_group("gloo", rank=rank, world_size=2)
-try:
+
+
+def run(rank):  # a function, as in `sphc train`: its DDP wrapper is garbage when the group goes
     torch.manual_seed(data["seed"])
     model = sphc.load(data["model"]).Model().double()
     initial = [p.detach().clone() for p in model.parameters()]
@@ -58,13 +59,11 @@ try:
         {"initial": initial, "grads": grads, "after": [p.detach().clone() for p in model.parameters()]},
         path + f"/rank{rank}.pt",
     )
-    # DDP's reducer holds the group; freed at interpreter exit it makes gloo abort the process
-    # (SIGABRT, seen under load), so it goes first, then the group (sphc/apps/distributed.py)
-    del ddp
-    gc.collect()
-    dist.barrier()
-finally:
-    dist.destroy_process_group()
+
+
+# sphc's own process group: gloo on CPU, and the teardown that keeps gloo from aborting a rank
+with distributed.process_group(procs, "cpu"):
+    run(procs.rank)
 """
 
 

@@ -36,7 +36,8 @@ def full_pairs(nodes: Iterable[int], l: int) -> list[tuple[int, int]]:
 
 
 def _spanning_forest(nodes: list[int], l: int) -> list[tuple[int, int]]:
-    """The minimum spanning forest of the allowed off-diagonal pairs (Prim on a dense matrix).
+    """The minimum spanning forest of the allowed off-diagonal pairs among ``nodes`` (distinct,
+    ascending), by Prim on a dense matrix.
 
     Weight (2 l1 + 1)(2 l2 + 1), ties broken by (l1, l2): folded into one integer key, so every
     weight is distinct and the forest is unique — the one Kruskal with that tie-breaking builds.
