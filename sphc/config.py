@@ -43,6 +43,11 @@ def backend_default() -> str:
     return os.environ.get("SPHC_BACKEND", "") or "auto"
 
 
+def cpu_kernels_enabled() -> bool:
+    """``SPHC_CPU_KERNELS=0`` keeps the efficient layer on the torch ops instead of the compiled C kernel."""
+    return os.environ.get("SPHC_CPU_KERNELS", "1") not in ("0", "")
+
+
 def triton_interpreting() -> bool:
     """Triton's own ``TRITON_INTERPRET=1``: kernels defined from now on run in its CPU interpreter."""
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")

@@ -19,7 +19,7 @@ from test_kernels_tp import CASES
 
 import sphc
 from sphc.errors import SphcError
-from sphc.runtime import layers, ops
+from sphc.runtime import cpu_kernels, layers, ops
 
 TOL = {torch.float64: 1e-12, torch.float32: 1e-5}
 COMPLEX = {torch.float64: torch.complex128, torch.float32: torch.complex64}
@@ -135,12 +135,25 @@ def _ops_agree(fn, inputs: list[torch.Tensor], dtype) -> None:
         _assert_close(gf, gr, dtype, f"grad of input {k}")
 
 
+@pytest.fixture(params=["c-kernel", "torch-ops"])
+def tp_impl(request, monkeypatch):
+    """The fused TP's two CPU implementations: the compiled C kernel (``cpu_kernels``, the default
+    where a C compiler exists) and the torch ops of ``fast_tp`` (``SPHC_CPU_KERNELS=0``)."""
+    if request.param == "torch-ops":
+        monkeypatch.setenv("SPHC_CPU_KERNELS", "0")
+    elif not cpu_kernels.available(torch.zeros(1, dtype=torch.complex64)):
+        pytest.skip("no C compiler here: the C kernel cannot be built (the torch ops are used)")
+    return request.param
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", CASES)
-def test_tp_project_op(name, dtype):
+@pytest.mark.parametrize("batch", [1, 7])
+def test_tp_project_op(name, dtype, batch, tp_impl):
+    """batch 7: B·C lanes not a multiple of the C kernel's block and more than one block."""
     tp, gc = _tp_layers(name, dtype)
     ref, fast, tab = tp.reference_tables(), tp._list(tp._fast), tp._list(tp._tab)
-    x = _tp_input(tp, dtype)
+    x = _tp_input(tp, dtype, batch)
     x = tp._merged(x) if tp.cross else x
     u = gc.u().detach()
 
@@ -188,8 +201,9 @@ def test_pointwise_layer(domain, L, N, act, oversample, dtype):
     _ops_agree(fn, [_garbage_harmonic((2, 3, L, 2 * L - 1, 2 * N - 1), dtype)], dtype)
 
 
-def test_fast_ops_are_their_derivatives():
-    """gradcheck (float64) of every fast op: fused and unfused TP, degree_linear, pointwise."""
+def test_fast_ops_are_their_derivatives(tp_impl):
+    """gradcheck (float64) of every fast op: fused (both implementations) and unfused TP,
+    degree_linear, pointwise."""
     tp, gc = _tp_layers("rmst-so3", torch.float64)
     ref, fast, tab = tp.reference_tables(), tp._list(tp._fast), tp._list(tp._tab)
     x = _tp_input(tp, torch.float64, batch=1).requires_grad_(True)

@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from sphc import layout
+from sphc.runtime import cpu_kernels
 
 
 @dataclass(frozen=True)
@@ -303,6 +304,8 @@ def tp_project(x: torch.Tensor, u: torch.Tensor, fast: list[torch.Tensor], L_tp:
     B, C, L_in, _, T = x.shape
     L, width, tau_u = u.shape
     plan = plan_of(fast, L_in, T, L_tp, width)
+    if cpu_kernels.available(x):
+        return cpu_kernels.tp_project(x, u, plan)
     return _assemble(_blocks(x, plan, L, u), B, C)
 
 
@@ -403,6 +406,9 @@ def _backward(g, x, u, fast, L_tp, width):
 
 
 def tp_project_backward(g, x, u, fast, L_tp):
+    if cpu_kernels.available(x):
+        B, C, L_in, _, T = x.shape
+        return cpu_kernels.tp_project_backward(g, x, u, plan_of(fast, L_in, T, L_tp, u.shape[1]))
     return _backward(g, x, u, fast, L_tp, u.shape[1])
 
 

@@ -1,0 +1,187 @@
+/* The fused tensor product + uniform projection of the efficient layer on the CPU, and its backward.
+ *
+ * Why C: the torch formulation (fast_tp.py) needs ~50 small ops per degree pair, so a step of
+ * examples/mnist.sph spends a third of its time in per-op overhead and the products travel
+ * through memory between ops (benchmarks/notes_cpu.md, "The 2-thread gap"). Here every product,
+ * CG sum and projection of one block of W batch lanes stays in registers and L1, and the lane
+ * blocks are shared out over the OpenMP threads torch itself uses (the same libgomp).
+ *
+ * Layout (built by cpu_kernels.py): complex tensors as split planes with the batch·channel lanes
+ * last, x[l][m + L_in - 1][t][re/im][lane], out / grad out[l][m + L - 1][v][re/im][lane]; lanes is a
+ * multiple of W. Per path (int paths[7]: l, la, lb, first term, terms, first pair, pairs) the
+ * nonzero CG terms (rows of x_a and x_b, output order m + l; coefficient in coef) and the column
+ * pairs (column of x_a, column of x_b, column of u's width). Orders |m| > l are never read, and
+ * written as zeros. Same function as ops._tp_project_reference (docs/CONVENTIONS.md §7.4–7.6);
+ * gradients in torch's convention, grad a = grad y · conj(∂y/∂a).
+ *
+ * The file is compiled once per REAL (float, double): see the self-include at the end.
+ */
+#ifdef REAL
+
+#define CAT2(a, b) a##b
+#define CAT(a, b) CAT2(a, b)
+
+/* S[m][re/im][lane] = Σ_terms c · x_a · x_b over one column pair, for one lane block. */
+static inline void CAT(cg_sums, SUFFIX)(REAL *restrict S, int nm, const REAL *restrict x, ptrdiff_t lanes,
+                                        const int *restrict term, const REAL *restrict coef, int n_terms,
+                                        ptrdiff_t a_col, ptrdiff_t b_col, ptrdiff_t row) {
+    memset(S, 0, sizeof(REAL) * (size_t)nm * 2 * W);
+    for (int t = 0; t < n_terms; t++) {
+        const REAL *a = x + a_col + term[3 * t] * row;
+        const REAL *b = x + b_col + term[3 * t + 1] * row;
+        REAL *s = S + 2 * W * term[3 * t + 2];
+        const REAL c = coef[t];
+        for (int q = 0; q < W; q++) {
+            const REAL ar = a[q], ai = a[lanes + q], br = b[q], bi = b[lanes + q];
+            s[q] += c * (ar * br - ai * bi);
+            s[W + q] += c * (ar * bi + ai * br);
+        }
+    }
+}
+
+void CAT(tp_project_forward, SUFFIX)(const REAL *restrict x, const REAL *restrict u, REAL *restrict out,
+                                     const int *restrict paths, int n_paths, const int *restrict terms,
+                                     const REAL *restrict coef, const int *restrict pairs, int L_in, int T,
+                                     int L, int width, int tau_u, int lanes) {
+    const int M_in = 2 * L_in - 1, M = 2 * L - 1;
+    const ptrdiff_t plane = lanes, entry = 2 * (ptrdiff_t)lanes;
+    const ptrdiff_t out_rows = (ptrdiff_t)L * M * tau_u;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < lanes / W; blk++) {
+        const ptrdiff_t q0 = (ptrdiff_t)blk * W;
+        REAL S[2 * W * (2 * L - 1)];
+        for (ptrdiff_t r = 0; r < out_rows; r++) {
+            memset(out + r * entry + q0, 0, sizeof(REAL) * W);
+            memset(out + r * entry + plane + q0, 0, sizeof(REAL) * W);
+        }
+        for (int p = 0; p < n_paths; p++) {
+            const int *P = paths + 7 * p;
+            const int l = P[0], la = P[1], lb = P[2], nm = 2 * l + 1;
+            const int *term = terms + 3 * P[3];
+            const REAL *c = coef + P[3];
+            for (int k = 0; k < P[6]; k++) {
+                const int *pair = pairs + 3 * (P[5] + k);
+                const ptrdiff_t a_col = ((ptrdiff_t)la * M_in * T + pair[0]) * entry + q0;
+                const ptrdiff_t b_col = ((ptrdiff_t)lb * M_in * T + pair[1]) * entry + q0;
+                CAT(cg_sums, SUFFIX)(S, nm, x, plane, term, c, P[4], a_col, b_col, T * entry);
+                const REAL *uu = u + 2 * ((ptrdiff_t)(l * width + pair[2]) * tau_u);
+                for (int v = 0; v < tau_u; v++) {
+                    const REAL ur = uu[2 * v], ui = uu[2 * v + 1];
+                    for (int mo = 0; mo < nm; mo++) {
+                        REAL *o = out + ((ptrdiff_t)(l * M + L - 1 - l + mo) * tau_u + v) * entry + q0;
+                        const REAL *s = S + 2 * W * mo;
+                        for (int q = 0; q < W; q++) {
+                            o[q] += ur * s[q] - ui * s[W + q];
+                            o[plane + q] += ur * s[W + q] + ui * s[q];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/* grad x (the x layout, zero where no term reads) and grad u, one partial sum per lane block
+ * (gu_blocks[blk][l][col][v][re/im], summed by the caller: deterministic, no atomics). */
+void CAT(tp_project_backward, SUFFIX)(const REAL *restrict x, const REAL *restrict u, const REAL *restrict g,
+                                      REAL *restrict gx, REAL *restrict gu_blocks, const int *restrict paths,
+                                      int n_paths, const int *restrict terms, const REAL *restrict coef,
+                                      const int *restrict pairs, int L_in, int T, int L, int width, int tau_u,
+                                      int lanes) {
+    const int M_in = 2 * L_in - 1, M = 2 * L - 1;
+    const ptrdiff_t plane = lanes, entry = 2 * (ptrdiff_t)lanes;
+    const ptrdiff_t x_rows = (ptrdiff_t)L_in * M_in * T, gu_size = 2 * (ptrdiff_t)L * width * tau_u;
+#pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < lanes / W; blk++) {
+        const ptrdiff_t q0 = (ptrdiff_t)blk * W;
+        REAL S[2 * W * (2 * L - 1)], gS[2 * W * (2 * L - 1)];
+        REAL *gu = gu_blocks + blk * gu_size;
+        memset(gu, 0, sizeof(REAL) * gu_size);
+        for (ptrdiff_t r = 0; r < x_rows; r++) {
+            memset(gx + r * entry + q0, 0, sizeof(REAL) * W);
+            memset(gx + r * entry + plane + q0, 0, sizeof(REAL) * W);
+        }
+        for (int p = 0; p < n_paths; p++) {
+            const int *P = paths + 7 * p;
+            const int l = P[0], la = P[1], lb = P[2], nm = 2 * l + 1;
+            const int *term = terms + 3 * P[3];
+            const REAL *c = coef + P[3];
+            for (int k = 0; k < P[6]; k++) {
+                const int *pair = pairs + 3 * (P[5] + k);
+                const ptrdiff_t a_col = ((ptrdiff_t)la * M_in * T + pair[0]) * entry + q0;
+                const ptrdiff_t b_col = ((ptrdiff_t)lb * M_in * T + pair[1]) * entry + q0;
+                const ptrdiff_t row = T * entry;
+                CAT(cg_sums, SUFFIX)(S, nm, x, plane, term, c, P[4], a_col, b_col, row);
+                /* gS = Σ_v g[m, v] conj(u[v]);  grad u[v] = Σ_{m, lanes} g[m, v] conj(S[m]) */
+                memset(gS, 0, sizeof(REAL) * (size_t)nm * 2 * W);
+                const ptrdiff_t u_at = 2 * ((ptrdiff_t)(l * width + pair[2]) * tau_u);
+                for (int v = 0; v < tau_u; v++) {
+                    const REAL ur = u[u_at + 2 * v], ui = u[u_at + 2 * v + 1];
+                    REAL acc_r[W], acc_i[W];
+                    memset(acc_r, 0, sizeof acc_r);
+                    memset(acc_i, 0, sizeof acc_i);
+                    for (int mo = 0; mo < nm; mo++) {
+                        const REAL *gg = g + ((ptrdiff_t)(l * M + L - 1 - l + mo) * tau_u + v) * entry + q0;
+                        const REAL *s = S + 2 * W * mo;
+                        REAL *gs = gS + 2 * W * mo;
+                        for (int q = 0; q < W; q++) {
+                            const REAL gr = gg[q], gi = gg[plane + q];
+                            gs[q] += gr * ur + gi * ui;
+                            gs[W + q] += gi * ur - gr * ui;
+                            acc_r[q] += gr * s[q] + gi * s[W + q];
+                            acc_i[q] += gi * s[q] - gr * s[W + q];
+                        }
+                    }
+                    REAL sr = 0, si = 0;
+                    for (int q = 0; q < W; q++) {
+                        sr += acc_r[q];
+                        si += acc_i[q];
+                    }
+                    gu[u_at + 2 * v] += sr;
+                    gu[u_at + 2 * v + 1] += si;
+                }
+                /* grad x_a += c gS conj(x_b), grad x_b += c gS conj(x_a) */
+                for (int t = 0; t < P[4]; t++) {
+                    const ptrdiff_t at_a = a_col + term[3 * t] * row, at_b = b_col + term[3 * t + 1] * row;
+                    const REAL *a = x + at_a, *b = x + at_b;
+                    REAL *ga = gx + at_a, *gb = gx + at_b;
+                    const REAL *gs = gS + 2 * W * term[3 * t + 2];
+                    const REAL cc = c[t];
+                    for (int q = 0; q < W; q++) {
+                        const REAL gr = cc * gs[q], gi = cc * gs[W + q];
+                        const REAL ar = a[q], ai = a[plane + q], br = b[q], bi = b[plane + q];
+                        ga[q] += gr * br + gi * bi;
+                        ga[plane + q] += gi * br - gr * bi;
+                        gb[q] += gr * ar + gi * ai;
+                        gb[plane + q] += gi * ar - gr * ai;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#undef CAT
+#undef CAT2
+
+#else /* the file's entry: one copy of the kernels per precision */
+
+#include <stddef.h>
+#include <string.h>
+
+#ifndef W
+#define W 16 /* lanes per block: a few SIMD registers of the batch·channel axis */
+#endif
+
+#define REAL float
+#define SUFFIX _f32
+#include __FILE__
+#undef REAL
+#undef SUFFIX
+#define REAL double
+#define SUFFIX _f64
+#include __FILE__
+#undef REAL
+#undef SUFFIX
+
+#endif
