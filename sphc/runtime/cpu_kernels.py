@@ -38,9 +38,9 @@ import torch
 
 from sphc import config
 
-SOURCE = Path(__file__).with_name("csrc") / "tp_project.c"
-LANES = 16  # W of the C source: lanes per block, the granularity of the thread split
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=c11", f"-DW={LANES}")
+SOURCE = Path(__file__).resolve().with_name("csrc") / "tp_project.c"
+LANES = 32  # W of the C source: lanes per block, the granularity of the thread split
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", f"-DW={LANES}")
 _SUFFIX = {torch.complex64: "_f32", torch.complex128: "_f64"}
 
 

@@ -39,6 +39,32 @@ static inline void CAT(cg_sums, SUFFIX)(REAL *restrict S, int nm, const REAL *re
     }
 }
 
+/* grad x_a += c gS[m] conj(x_b), grad x_b += c gS[m] conj(x_a) over the terms of one column pair. */
+static inline void CAT(grad_x, SUFFIX)(REAL *restrict gx, const REAL *restrict x, const REAL *restrict gS,
+                                       ptrdiff_t lanes, const int *restrict term, const REAL *restrict coef,
+                                       int n_terms, ptrdiff_t a_col, ptrdiff_t b_col, ptrdiff_t row) {
+    for (int t = 0; t < n_terms; t++) {
+        const ptrdiff_t at_a = a_col + term[3 * t] * row, at_b = b_col + term[3 * t + 1] * row;
+        const REAL *a = x + at_a, *b = x + at_b, *gs = gS + 2 * W * term[3 * t + 2];
+        const REAL c = coef[t];
+        REAL gr[W], gi[W];
+        for (int q = 0; q < W; q++) {
+            gr[q] = c * gs[q];
+            gi[q] = c * gs[W + q];
+        }
+        REAL *ga = gx + at_a; /* separate loops: x_a and x_b may be the same entry */
+        for (int q = 0; q < W; q++) {
+            ga[q] += gr[q] * b[q] + gi[q] * b[lanes + q];
+            ga[lanes + q] += gi[q] * b[q] - gr[q] * b[lanes + q];
+        }
+        REAL *gb = gx + at_b;
+        for (int q = 0; q < W; q++) {
+            gb[q] += gr[q] * a[q] + gi[q] * a[lanes + q];
+            gb[lanes + q] += gi[q] * a[q] - gr[q] * a[lanes + q];
+        }
+    }
+}
+
 void CAT(tp_project_forward, SUFFIX)(const REAL *restrict x, const REAL *restrict u, REAL *restrict out,
                                      const int *restrict paths, int n_paths, const int *restrict terms,
                                      const REAL *restrict coef, const int *restrict pairs, int L_in, int T,
@@ -140,22 +166,7 @@ void CAT(tp_project_backward, SUFFIX)(const REAL *restrict x, const REAL *restri
                     gu[u_at + 2 * v] += sr;
                     gu[u_at + 2 * v + 1] += si;
                 }
-                /* grad x_a += c gS conj(x_b), grad x_b += c gS conj(x_a) */
-                for (int t = 0; t < P[4]; t++) {
-                    const ptrdiff_t at_a = a_col + term[3 * t] * row, at_b = b_col + term[3 * t + 1] * row;
-                    const REAL *a = x + at_a, *b = x + at_b;
-                    REAL *ga = gx + at_a, *gb = gx + at_b;
-                    const REAL *gs = gS + 2 * W * term[3 * t + 2];
-                    const REAL cc = c[t];
-                    for (int q = 0; q < W; q++) {
-                        const REAL gr = cc * gs[q], gi = cc * gs[W + q];
-                        const REAL ar = a[q], ai = a[plane + q], br = b[q], bi = b[plane + q];
-                        ga[q] += gr * br + gi * bi;
-                        ga[plane + q] += gi * br - gr * bi;
-                        gb[q] += gr * ar + gi * ai;
-                        gb[plane + q] += gi * ar - gr * ai;
-                    }
-                }
+                CAT(grad_x, SUFFIX)(gx, x, gS, plane, term, c, P[4], a_col, b_col, row);
             }
         }
     }
@@ -170,17 +181,17 @@ void CAT(tp_project_backward, SUFFIX)(const REAL *restrict x, const REAL *restri
 #include <string.h>
 
 #ifndef W
-#define W 16 /* lanes per block: a few SIMD registers of the batch·channel axis */
+#define W 32 /* lanes per block: a few SIMD registers of the batch·channel axis */
 #endif
 
 #define REAL float
 #define SUFFIX _f32
-#include __FILE__
+#include "tp_project.c" /* this file again, as the kernels of one precision */
 #undef REAL
 #undef SUFFIX
 #define REAL double
 #define SUFFIX _f64
-#include __FILE__
+#include "tp_project.c" /* this file again, as the kernels of one precision */
 #undef REAL
 #undef SUFFIX
 
