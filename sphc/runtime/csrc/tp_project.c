@@ -11,8 +11,12 @@
  * multiple of W. Per path (int paths[7]: l, la, lb, first term, terms, first pair, pairs) the
  * nonzero CG terms (rows of x_a and x_b, output order m + l; coefficient in coef) and the column
  * pairs (column of x_a, column of x_b, column of u's width). Orders |m| > l are never read, and
- * written as zeros. Same function as ops._tp_project_reference (docs/CONVENTIONS.md §7.4–7.6);
+ * written as zeros. Same function as ops._tp_project_reference (docs/CONVENTIONS.md §5, §7.4, §7.5);
  * gradients in torch's convention, grad a = grad y · conj(∂y/∂a).
+ *
+ * Blocks are handed out dynamically: on a shared VM a second thread can wake late (measured:
+ * benchmarks/notes_cpu.md), and the first thread then takes its blocks instead of waiting. The result
+ * does not depend on which thread ran a block (grad u is summed per block, in block order).
  *
  * The file is compiled once per REAL (float, double): see the self-include at the end.
  */
@@ -72,7 +76,7 @@ void CAT(tp_project_forward, SUFFIX)(const REAL *restrict x, const REAL *restric
     const int M_in = 2 * L_in - 1, M = 2 * L - 1;
     const ptrdiff_t plane = lanes, entry = 2 * (ptrdiff_t)lanes;
     const ptrdiff_t out_rows = (ptrdiff_t)L * M * tau_u;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
     for (int blk = 0; blk < lanes / W; blk++) {
         const ptrdiff_t q0 = (ptrdiff_t)blk * W;
         REAL S[2 * W * (2 * L - 1)];
@@ -117,7 +121,7 @@ void CAT(tp_project_backward, SUFFIX)(const REAL *restrict x, const REAL *restri
     const int M_in = 2 * L_in - 1, M = 2 * L - 1;
     const ptrdiff_t plane = lanes, entry = 2 * (ptrdiff_t)lanes;
     const ptrdiff_t x_rows = (ptrdiff_t)L_in * M_in * T, gu_size = 2 * (ptrdiff_t)L * width * tau_u;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 1)
     for (int blk = 0; blk < lanes / W; blk++) {
         const ptrdiff_t q0 = (ptrdiff_t)blk * W;
         REAL S[2 * W * (2 * L - 1)], gS[2 * W * (2 * L - 1)];
