@@ -189,7 +189,7 @@ def tp_project(x: torch.Tensor, u: torch.Tensor, plan) -> torch.Tensor:
     t = kernel_tables(plan, L, xl.dtype)
     lanes = xl.shape[-1]
     out = xl.new_empty(L, 2 * L - 1, tau_u, 2, lanes)
-    uu = torch.view_as_real(u.resolve_conj().contiguous())
+    uu = torch.view_as_real(u.resolve_conj().resolve_neg().contiguous())
     fn = getattr(_library(), "tp_project_forward" + _SUFFIX[x.dtype])
     fn(
         _ptr(xl), _ptr(uu), _ptr(out), _ptr(t.paths), len(t.paths), _ptr(t.terms), _ptr(t.coef),
@@ -209,7 +209,7 @@ def tp_project_backward(
     lanes = xl.shape[-1]
     gx = torch.empty_like(xl)
     gu_blocks = xl.new_empty(lanes // LANES, L, width, tau_u, 2)
-    uu = torch.view_as_real(u.resolve_conj().contiguous())
+    uu = torch.view_as_real(u.resolve_conj().resolve_neg().contiguous())
     fn = getattr(_library(), "tp_project_backward" + _SUFFIX[x.dtype])
     fn(
         _ptr(xl), _ptr(uu), _ptr(gl), _ptr(gx), _ptr(gu_blocks), _ptr(t.paths), len(t.paths), _ptr(t.terms),
