@@ -116,15 +116,23 @@ def test_switched_off_by_the_knob(monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(CASES)[:3])
-def test_tables_cover_every_cg_term_once(name):
-    """Every nonzero CG coefficient of the plan's paths l < L appears once in the kernel's terms."""
+def test_tables_cover_every_cg_term_and_pair_once(name):
+    """One row per column pair of every path l < L, pointing at its path's nonzero CG terms, and every
+    entry the kernel reads inside x (orders |m| ≤ l of the right degree)."""
     tp, _ = _tp_layers(name, torch.float64)
     _, x, u = _tp_call(name, torch.float64, 1)
-    L_in = x.shape[2]
-    plan = fast_tp.plan_of(tp._list(tp._fast), L_in, x.shape[-1], tp.L, u.shape[1])
-    t = cpu_kernels.kernel_tables(plan, tp.L, torch.float64)
+    L_in, T = x.shape[2], x.shape[-1]
+    plan = fast_tp.plan_of(tp._list(tp._fast), L_in, T, tp.L, u.shape[1])
+    t = cpu_kernels.kernel_tables(plan, tp.L, u.shape[1], torch.float64)
     kept = [p for p in plan.paths if p.l < tp.L]
-    assert len(t.paths) == len(kept)
-    assert t.terms.shape[0] == sum(int((p.cg != 0).sum()) for p in kept) == t.coef.numel()
     assert t.pairs.shape[0] == sum(len(p.grid) for p in kept)
-    assert (t.terms[:, :2] >= 0).all() and (t.terms[:, :2] < 2 * L_in - 1).all()
+    assert t.terms.shape[0] == sum(int((p.cg != 0).sum()) for p in kept) == t.coef.numel()
+    first, count = t.pairs[:, 3], t.pairs[:, 4]
+    assert (count > 0).all() and (first + count <= t.terms.shape[0]).all()
+    for row in t.pairs:
+        la, ta = divmod(int(row[1]), (2 * L_in - 1) * T)
+        lb, tb = divmod(int(row[2]), (2 * L_in - 1) * T)
+        assert ta < T and tb < T and row[5] // u.shape[1] == row[0]
+        m_a = t.terms[row[3] : row[3] + row[4], 0] - (L_in - 1)
+        m_b = t.terms[row[3] : row[3] + row[4], 1] - (L_in - 1)
+        assert (abs(m_a) <= la).all() and (abs(m_b) <= lb).all()

@@ -111,46 +111,50 @@ def available(x: torch.Tensor) -> bool:
 class KernelTables:
     """A plan's paths of degree l < L as the C kernel reads them (see the source's header)."""
 
-    paths: np.ndarray  # int32 (paths, 7): l, la, lb, first term, terms, first pair, pairs
-    terms: np.ndarray  # int32 (terms, 3): row of x_a, row of x_b, output order m + l
-    pairs: np.ndarray  # int32 (pairs, 3): column of x_a, column of x_b, column of u's width
+    pairs: np.ndarray  # int32 (pairs, 6): l, entry of x_a, entry of x_b, first term, terms, row of u
+    terms: np.ndarray  # int32 (terms, 3): order row of x_a, order row of x_b, output order m + l
     coef: torch.Tensor  # (terms,) CG values in the kernel's precision
 
 
-_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # plan -> {(L, dtype): KernelTables}
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # plan -> {(L, width, dtype): KernelTables}
 
 
-def kernel_tables(plan, L: int, dtype: torch.dtype) -> KernelTables:
-    """The tables of ``plan``'s paths of degree l < L, built once per plan (and dropped with it)."""
+def kernel_tables(plan, L: int, width: int, dtype: torch.dtype) -> KernelTables:
+    """The tables of ``plan``'s paths of degree l < L (u of ``width`` columns), built once per plan."""
     per_plan = _TABLES.setdefault(plan, {})
-    if (L, dtype) in per_plan:
-        return per_plan[(L, dtype)]
-    paths, terms, coef, pairs = [], [], [], []
-    n_terms = n_pairs = 0
+    key = (L, width, dtype)
+    if key in per_plan:
+        return per_plan[key]
+    M_in, T = 2 * plan.L_in - 1, plan.T_in
+    pairs, terms, coef = [], [], []
+    n_terms = 0
     for p in plan.paths:
         if p.l >= L:
             continue
         k, mi = np.nonzero(p.cg)  # block C[k = la − m_a, m + l]
         m_a = p.la - k
         m_b = (mi - p.l) - m_a
-        i, j = np.divmod(p.grid, p.nb)
-        paths.append((p.l, p.la, p.lb, n_terms, len(k), n_pairs, len(i)))
         terms.append(np.stack([m_a + plan.L_in - 1, m_b + plan.L_in - 1, mi], 1))
         coef.append(p.cg[k, mi])
-        pairs.append(np.stack([i + p.a0, j + p.b0, p.cols], 1))
-        n_terms, n_pairs = n_terms + len(k), n_pairs + len(i)
+        i, j = np.divmod(p.grid, p.nb)
+        rows = np.empty((len(i), 6), dtype=np.int64)
+        rows[:, 0] = p.l
+        rows[:, 1] = p.la * M_in * T + p.a0 + i
+        rows[:, 2] = p.lb * M_in * T + p.b0 + j
+        rows[:, 3], rows[:, 4] = n_terms, len(k)
+        rows[:, 5] = p.l * width + p.cols
+        pairs.append(rows)
+        n_terms += len(k)
 
     def flat(parts: list, cols: int) -> np.ndarray:
         return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros((0, cols)), dtype=np.int32)
 
-    values = np.concatenate(coef) if coef else np.zeros(0)
     tables = KernelTables(
-        np.asarray(paths, dtype=np.int32).reshape(-1, 7),
+        flat(pairs, 6),
         flat(terms, 3),
-        flat(pairs, 3),
-        torch.from_numpy(values).to(dtype),
+        torch.from_numpy(np.concatenate(coef) if coef else np.zeros(0)).to(dtype),
     )
-    per_plan[(L, dtype)] = tables
+    per_plan[key] = tables
     return tables
 
 
@@ -186,14 +190,14 @@ def tp_project(x: torch.Tensor, u: torch.Tensor, plan) -> torch.Tensor:
     B, C = x.shape[:2]
     L, width, tau_u = u.shape
     xl = _lanes(x)
-    t = kernel_tables(plan, L, xl.dtype)
+    t = kernel_tables(plan, L, width, xl.dtype)
     lanes = xl.shape[-1]
     out = xl.new_empty(L, 2 * L - 1, tau_u, 2, lanes)
     uu = torch.view_as_real(u.resolve_conj().resolve_neg().contiguous())
     fn = getattr(_library(), "tp_project_forward" + _SUFFIX[x.dtype])
     fn(
-        _ptr(xl), _ptr(uu), _ptr(out), _ptr(t.paths), len(t.paths), _ptr(t.terms), _ptr(t.coef),
-        _ptr(t.pairs), plan.L_in, x.shape[-1], L, width, tau_u, lanes,
+        _ptr(xl), _ptr(uu), _ptr(out), _ptr(t.pairs), len(t.pairs), _ptr(t.terms), _ptr(t.coef),
+        x.shape[-1], L, tau_u, lanes,
     )  # fmt: skip
     return _unlanes(out, B, C)
 
@@ -205,14 +209,14 @@ def tp_project_backward(
     B, C = x.shape[:2]
     L, width, tau_u = u.shape
     xl, gl = _lanes(x), _lanes(g)
-    t = kernel_tables(plan, L, xl.dtype)
+    t = kernel_tables(plan, L, width, xl.dtype)
     lanes = xl.shape[-1]
     gx = torch.empty_like(xl)
     gu_blocks = xl.new_empty(lanes // LANES, L, width, tau_u, 2)
     uu = torch.view_as_real(u.resolve_conj().resolve_neg().contiguous())
     fn = getattr(_library(), "tp_project_backward" + _SUFFIX[x.dtype])
     fn(
-        _ptr(xl), _ptr(uu), _ptr(gl), _ptr(gx), _ptr(gu_blocks), _ptr(t.paths), len(t.paths), _ptr(t.terms),
-        _ptr(t.coef), _ptr(t.pairs), plan.L_in, x.shape[-1], L, width, tau_u, lanes,
+        _ptr(xl), _ptr(uu), _ptr(gl), _ptr(gx), _ptr(gu_blocks), _ptr(t.pairs), len(t.pairs), _ptr(t.terms),
+        _ptr(t.coef), plan.L_in, x.shape[-1], L, width, tau_u, lanes,
     )  # fmt: skip
     return _unlanes(gx, B, C), torch.view_as_complex(gu_blocks.sum(0))
