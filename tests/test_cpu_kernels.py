@@ -65,6 +65,16 @@ def test_kernel_is_built_into_the_cache_and_used(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine")
+def test_no_cache_builds_in_a_temp_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("SPHC_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("SPHC_NO_CACHE", "1")
+    assert cpu_kernels.available(torch.zeros(1, dtype=torch.complex128))
+    fn, x, u = _tp_call("rmst-so3", torch.float64, 2)
+    assert fn(x, u).abs().sum() > 0
+    assert not any(tmp_path.iterdir()), "SPHC_NO_CACHE must write nothing to the cache"
+
+
+@pytest.mark.skipif(not HAVE_CC, reason="no C compiler on this machine")
 def test_threads_split_lanes_without_changing_a_bit():
     """Lane blocks are independent and grad u is summed per block in a fixed order: the result does
     not depend on the thread count (B·C = 7·C lanes: several blocks and a padded one)."""

@@ -8,9 +8,10 @@ threads torch uses.
 
 How it is built and loaded, and when it is not:
 - The source is compiled on first use with the system C compiler (``$CC``, else ``cc``) at ``-O3
-  -march=native -fopenmp`` into sphc's cache (``SPHC_CACHE_DIR``), keyed by source, flags, compiler
-  version and CPU model, written to a temp file and renamed (concurrent processes are safe). Later
-  processes load the cached library (a few ms).
+  -march=native -fopenmp`` into sphc's cache (``SPHC_CACHE_DIR``; a temp folder under
+  ``SPHC_NO_CACHE``), keyed by source, flags, compiler version, CPU model and instruction-set flags,
+  written to a temp file and renamed (concurrent processes are safe). Later processes load the cached
+  library (a few ms).
 - It links the same ``libgomp.so.1`` soname torch has already loaded, so both share one thread pool.
 - No compiler, a failed build, ``SPHC_CPU_KERNELS=0``, a CUDA tensor or a dtype other than
   complex64/128: ``available()`` is False and callers take the torch path (``fast_tp``), which
@@ -49,41 +50,49 @@ class CpuKernelWarning(UserWarning):
 
 
 def _cpu_model() -> str:
+    """The CPU's model and instruction-set flags: a library built with ``-march=native`` runs only there."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "flags")):
-                return line
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    model = next((line for line in lines if line.startswith("model name")), "")
+    flags = next((line for line in lines if line.startswith(("flags", "Features"))), "")
+    return f"{model}\n{flags}"
 
 
 def _compiler_version(cc: str) -> str:
-    return subprocess.run([cc, "--version"], capture_output=True, text=True, check=True).stdout.splitlines()[
-        0
-    ]
+    done = subprocess.run([cc, "--version"], capture_output=True, text=True, check=True)
+    return done.stdout.splitlines()[0]
+
+
+def _build(cc: str, target: Path) -> None:
+    """Compile the source to ``target`` through a temp file in its folder (renamed when complete)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        built = Path(tmp) / target.name
+        subprocess.run(
+            [cc, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=True
+        )
+        os.replace(built, target)
 
 
 @functools.lru_cache(maxsize=1)
 def _library() -> ctypes.CDLL | None:
-    """The compiled kernel, built into the cache if needed; None (with one warning) if it cannot be built."""
+    """The compiled kernel, built into the cache if needed (into a temp folder under ``SPHC_NO_CACHE``);
+    None, with one warning, if it cannot be built; None, silently, if there is no C compiler."""
     cc = shutil.which(os.environ.get("CC", "cc"))
     if cc is None:
         return None
     try:
-        key = "\n".join(
-            [SOURCE.read_text(), " ".join(FLAGS), _compiler_version(cc), _cpu_model(), platform.machine()]
-        )
-        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
-        target = config.cache_dir() / "cpu_kernels" / f"tp_project_{digest}.so"
+        parts = [SOURCE.read_text(), " ".join(FLAGS), _compiler_version(cc), _cpu_model(), platform.machine()]
+        name = f"tp_project_{hashlib.sha256(chr(10).join(parts).encode()).hexdigest()[:24]}.so"
+        if config.cache_disabled():
+            with tempfile.TemporaryDirectory() as tmp:
+                _build(cc, Path(tmp) / name)
+                return ctypes.CDLL(str(Path(tmp) / name))  # stays mapped after the file is gone
+        target = config.cache_dir() / "cpu_kernels" / name
         if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-                built = Path(tmp) / target.name
-                subprocess.run(
-                    [cc, *FLAGS, str(SOURCE), "-o", str(built)], capture_output=True, text=True, check=True
-                )
-                os.replace(built, target)
+            _build(cc, target)
         return ctypes.CDLL(str(target))
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or str(err)
