@@ -6,8 +6,8 @@ Parts (``--parts``, default all):
 * ``mnist`` — one training step of ``examples/mnist.sph`` (batch 32, float32: forward, cross-entropy,
   backward, Adam step) with ``backend="reference"`` (today's torch code) and ``backend="torch"`` (the
   fast path; its fused tensor products run the C kernel of ``runtime.cpu_kernels`` where a C compiler
-  exists, ``SPHC_CPU_KERNELS=0`` for the torch ops), interleaved rounds, median steps/s and their ratio (target ≥ 10×). The FLOP floor is the
-  model's complex multiply-adds from the analysis (``sphc explain``'s MACs column) × 8 real FLOP × 3
+  exists, ``SPHC_CPU_KERNELS=0`` for the torch ops), interleaved rounds, median steps/s and their
+  ratio (target ≥ 10×). The FLOP floor is the model's complex multiply-adds from the analysis (``sphc explain``'s MACs column) × 8 real FLOP × 3
   (forward + backward) × 32 examples over a single-thread float32 GEMM rate measured here
   (``torch.mm`` of 1024² matrices); the fast step is printed as a multiple of it (aim ≤ 3×). The
   analysis counts a pointwise layer as complex L×L matmuls per order and column of the oversampled
@@ -57,24 +57,6 @@ def gemm_rate(threads: int) -> float:
     a @ b
     best = min(_timed(lambda: a @ b) for _ in range(5))
     return 2 * 1024**3 / best
-
-
-def small_ops_time(threads: int) -> float:
-    """Median time of 20 in-place multiplies of 50,000 floats (each one OpenMP region at 2 threads).
-
-    A probe of the host, not of sphc: on the shared VM the 2-thread step is bimodal between periods
-    (benchmarks/notes_cpu.md); when waking the second vCPU is slow this probe takes longer at 2
-    threads than at 1, and every torch op that splits over threads slows down with it.
-    """
-    torch.set_num_threads(threads)
-    xs = [torch.randn(50_000) for _ in range(20)]
-
-    def run():
-        for x in xs:
-            x.mul_(1.0)
-
-    run()
-    return median([_timed(run) for _ in range(15)])
 
 
 def _timed(fn) -> float:
@@ -252,13 +234,7 @@ def main() -> int:
     t0 = time.perf_counter()
     rate1 = gemm_rate(1)
     for threads in args.threads:
-        head = f"\n## {threads} thread(s): sgemm {gemm_rate(threads) / 1e9:.1f} GFLOP/s"
-        if threads > 1:
-            probe = small_ops_time(threads) / small_ops_time(1)
-            head += (
-                f"; 20 small in-place ops take {probe:.2f}× their 1-thread time (host probe: small_ops_time)"
-            )
-        print(head)
+        print(f"\n## {threads} thread(s): sgemm {gemm_rate(threads) / 1e9:.1f} GFLOP/s")
         if "mnist" in args.parts:
             print(part_mnist(threads, rate1, args), flush=True)
         if "layer" in args.parts:
