@@ -148,9 +148,9 @@ def tp_impl(request, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["f64", "f32"])
 @pytest.mark.parametrize("name", CASES)
-@pytest.mark.parametrize("batch", [1, 7])
+@pytest.mark.parametrize("batch", [1, 37])
 def test_tp_project_op(name, dtype, batch, tp_impl):
-    """batch 7: B·C lanes not a multiple of the C kernel's block and more than one block."""
+    """batch 37: 37 or 74 batch·channel lanes, i.e. full blocks of the C kernel's 32 and a padded one."""
     tp, gc = _tp_layers(name, dtype)
     ref, fast, tab = tp.reference_tables(), tp._list(tp._fast), tp._list(tp._tab)
     x = _tp_input(tp, dtype, batch)
