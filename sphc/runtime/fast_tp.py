@@ -407,8 +407,8 @@ def _backward(g, x, u, fast, L_tp, width):
 
 def tp_project_backward(g, x, u, fast, L_tp):
     if cpu_kernels.available(x):
-        B, C, L_in, _, T = x.shape
-        return cpu_kernels.tp_project_backward(g, x, u, plan_of(fast, L_in, T, L_tp, u.shape[1]))
+        plan = plan_of(fast, x.shape[2], x.shape[-1], L_tp, u.shape[1])
+        return cpu_kernels.tp_project_backward(g, x, u, plan)
     return _backward(g, x, u, fast, L_tp, u.shape[1])
 
 
